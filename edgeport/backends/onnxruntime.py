@@ -1,0 +1,267 @@
+"""ONNX Runtime backend: optimum-onnx export, ORT transformer fusion and quantisation."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeport.backends import Artifact, ExportedModel, Feeds
+from edgeport.errors import UnsupportedError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edgeport.schemas import Candidate, ModelInfo, Quantization
+
+MODEL_FILE = "model.onnx"
+# onnxruntime.transformers.optimizer knows these encoder layouts as "bert".
+_FUSION_MODEL_TYPES = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "camembert": "bert",
+    "distilbert": "bert",
+    "electra": "bert",
+    "mpnet": "bert",
+    "ernie": "bert",
+}
+# Fused contrib ops (Attention, SkipLayerNorm) defeat ONNX shape inference; telling the
+# quantiser that untyped tensors are float lets it quantise the MatMuls around them.
+_QUANT_EXTRA_OPTIONS = {"MatMulConstBOnly": True, "DefaultTensorType": 1}  # TensorProto.FLOAT
+_GRAPH_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
+
+
+def session_options(threads: int, level: str = "basic") -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS[level])
+    return options
+
+
+class OnnxSession:
+    def __init__(self, path: Path, threads: int, level: str) -> None:
+        import onnxruntime as ort
+
+        self._session = ort.InferenceSession(
+            str(path), session_options(threads, level), providers=["CPUExecutionProvider"]
+        )
+        self.input_names = tuple(i.name for i in self._session.get_inputs())
+        self.output_names = tuple(o.name for o in self._session.get_outputs())
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        wanted = {name: feeds[name] for name in self.input_names}
+        results = self._session.run(None, wanted)
+        return dict(zip(self.output_names, results, strict=True))
+
+
+class _CalibrationReader:
+    """onnxruntime.quantization.CalibrationDataReader over pre-tokenised batches."""
+
+    def __init__(self, feeds: Sequence[Feeds], input_names: Sequence[str]) -> None:
+        self._feeds = [{name: batch[name] for name in input_names} for batch in feeds]
+        self._iterator: Iterator[Feeds] = iter(self._feeds)
+
+    def get_next(self) -> Feeds | None:
+        return next(self._iterator, None)
+
+    def rewind(self) -> None:
+        self._iterator = iter(self._feeds)
+
+
+def _model_files(directory: Path) -> tuple[str, ...]:
+    return tuple(sorted(p.name for p in directory.iterdir() if p.name.startswith("model.onnx")))
+
+
+def _io_names(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = tuple(i.name for i in model.graph.input if i.name not in initializers)
+    return inputs, tuple(o.name for o in model.graph.output)
+
+
+def _save(model: Any, path: Path) -> None:
+    import onnx
+
+    # Protobuf caps a single file at 2 GB; larger models keep weights beside the graph.
+    large = model.ByteSize() > 1_800_000_000
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=large,
+        all_tensors_to_one_file=True,
+        location=f"{path.name}.data" if large else None,
+    )
+
+
+class OnnxRuntimeBackend:
+    target_id = "onnxruntime"
+
+    def export(self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool) -> ExportedModel:
+        from optimum.exporters.onnx import main_export
+
+        out = workdir / "export"
+        try:
+            main_export(
+                str(model.local_path),
+                out,
+                task=model.task,
+                library_name="transformers",
+                do_validation=False,  # edgeport validates on realistic inputs instead
+                trust_remote_code=trust_remote_code,
+                local_files_only=True,
+            )
+        except (KeyError, ValueError, NotImplementedError) as exc:
+            raise UnsupportedError(
+                f"optimum cannot export {model.model_type} for {model.task} to ONNX: {exc}"
+            ) from exc
+        inputs, outputs = _io_names(out / MODEL_FILE)
+        return ExportedModel(self.target_id, out, MODEL_FILE, inputs, outputs)
+
+    def build(
+        self,
+        exported: ExportedModel,
+        candidate: Candidate,
+        model: ModelInfo,
+        calibration: Sequence[Feeds],
+        workdir: Path,
+    ) -> Artifact:
+        recipe = candidate.recipe
+        workdir.mkdir(parents=True, exist_ok=True)
+        notes: list[str] = []
+        source = exported.directory / exported.model_file
+
+        if recipe.graph.transformer_fusion:
+            fused = workdir / "fused.onnx"
+            if self._fuse(source, fused, model):
+                source = fused
+            else:
+                notes.append(f"no ORT transformer fusion for model type {model.model_type!r}")
+
+        target = workdir / "out" / MODEL_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        quantization = recipe.quantize
+        excluded: tuple[str, ...] = ()
+        scheme = quantization.scheme
+        if scheme == "none":
+            self._copy_model(source, target)
+        elif scheme == "fp16":
+            self._to_fp16(source, target, quantization)
+        elif scheme == "int8-dynamic":
+            self._quantize_dynamic(source, target, quantization)
+        elif scheme == "int8-static":
+            self._quantize_static(source, target, quantization, calibration, workdir)
+        else:
+            raise UnsupportedError(f"ONNX Runtime backend has no {scheme!r} quantisation yet")
+
+        inputs, outputs = _io_names(target)
+        return Artifact(
+            directory=target.parent,
+            model_file=MODEL_FILE,
+            files=_model_files(target.parent),
+            input_names=inputs,
+            output_names=outputs,
+            excluded_nodes=excluded,
+            notes=tuple(notes),
+        )
+
+    def load(self, artifact: Artifact, device: str, threads: int) -> OnnxSession:
+        return OnnxSession(artifact.model_path, threads, "basic")
+
+    # ----------------------------------------------------------------- steps
+
+    @staticmethod
+    def _copy_model(source: Path, target: Path) -> None:
+        for path in source.parent.iterdir():
+            if path.name.startswith(source.name):
+                shutil.copy2(path, target.parent / path.name.replace(source.name, target.name))
+
+    @staticmethod
+    def _fuse(source: Path, target: Path, model: ModelInfo) -> bool:
+        fusion_type = _FUSION_MODEL_TYPES.get(model.model_type)
+        if fusion_type is None or model.family != "encoder":
+            return False
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        optimized = optimize_model(
+            str(source),
+            model_type=fusion_type,
+            num_heads=model.dims.num_attention_heads or 0,
+            hidden_size=model.dims.hidden_size or 0,
+            opt_level=0,  # fusions only; ORT applies its own passes when it loads the model
+            use_gpu=False,
+        )
+        optimized.save_model_to_file(str(target))
+        return True
+
+    @staticmethod
+    def _to_fp16(source: Path, target: Path, quantization: Quantization) -> None:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = onnx.load(str(source))
+        converted = convert_float_to_float16(model, keep_io_types=quantization.keep_io_float)
+        _save(converted, target)
+
+    @staticmethod
+    def _quant_types(quantization: Quantization) -> tuple[Any, Any]:
+        from onnxruntime.quantization import QuantType
+
+        kinds = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+        return kinds[quantization.weight_type], kinds[quantization.activation_type]
+
+    def _quantize_dynamic(self, source: Path, target: Path, quantization: Quantization) -> None:
+        from onnxruntime.quantization import quantize_dynamic
+
+        weight_type, _ = self._quant_types(quantization)
+        quantize_dynamic(
+            str(source),
+            str(target),
+            op_types_to_quantize=quantization.op_types,
+            per_channel=quantization.per_channel,
+            reduce_range=quantization.reduce_range,
+            weight_type=weight_type,
+            extra_options=_QUANT_EXTRA_OPTIONS,
+        )
+
+    def _quantize_static(
+        self,
+        source: Path,
+        target: Path,
+        quantization: Quantization,
+        calibration: Sequence[Feeds],
+        workdir: Path,
+    ) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if not calibration:
+            raise UnsupportedError("static int8 needs calibration samples")
+        prepared = workdir / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        inputs, _ = _io_names(prepared)
+        weight_type, activation_type = self._quant_types(quantization)
+        methods = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }
+        quantize_static(
+            str(prepared),
+            str(target),
+            _CalibrationReader(calibration, inputs),
+            quant_format=QuantFormat.QDQ if quantization.format == "QDQ" else QuantFormat.QOperator,
+            op_types_to_quantize=quantization.op_types,
+            per_channel=quantization.per_channel,
+            reduce_range=quantization.reduce_range,
+            activation_type=activation_type,
+            weight_type=weight_type,
+            calibrate_method=methods[quantization.calibration_method],
+            extra_options=_QUANT_EXTRA_OPTIONS,
+        )

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Run this bundle's encoder on the device with ONNX Runtime, tokenizers and numpy only.
+
+    python run.py "some text" "another text"      # JSON embeddings (or labels) on stdout
+    echo "some text" | python run.py -            # texts from stdin, one per line
+
+Written by edgeport; settings come from manifest.json beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_manifest() -> dict:
+    return json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+
+
+def make_tokenizer(spec: dict) -> Tokenizer:
+    tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=spec["max_length"])
+    tokenizer.enable_padding(pad_id=spec.get("pad_token_id", 0))
+    return tokenizer
+
+
+def make_session(spec: dict, threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or spec["threads"]
+    providers = [p for p in spec.get("providers", ["CPUExecutionProvider"]) if p in ort.get_available_providers()]
+    return ort.InferenceSession(str(HERE / spec["model_file"]), options, providers=providers or None)
+
+
+def encode(tokenizer: Tokenizer, texts: list[str], input_names: list[str]) -> dict[str, np.ndarray]:
+    encodings = tokenizer.encode_batch(texts)
+    feeds = {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+    }
+    return {name: feeds[name] for name in input_names}
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
+    hidden = hidden.astype(np.float64)
+    weights = mask[..., None].astype(np.float64)
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    elif mode == "max":
+        pooled = np.where(weights > 0, hidden, -np.inf).max(axis=1)
+    else:
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    if normalize:
+        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12, None)
+    return pooled.astype(np.float32)
+
+
+def predict(session: ort.InferenceSession, tokenizer: Tokenizer, spec: dict, texts: list[str]) -> list:
+    feeds = encode(tokenizer, texts, spec["input_names"])
+    output = session.run(None, feeds)[0]
+    if spec["task"] == "feature-extraction":
+        return pool(output, feeds["attention_mask"], spec["pooling"], spec["normalize_embeddings"]).tolist()
+    labels = spec.get("labels") or {}
+    if spec["task"] == "text-classification":
+        return [labels.get(str(i), str(i)) for i in output.argmax(axis=-1).tolist()]
+    mask = feeds["attention_mask"].astype(bool)
+    return [[labels.get(str(i), str(i)) for i in row[m].tolist()] for row, m in zip(output.argmax(-1), mask)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("texts", nargs="*", help="texts to run; '-' reads stdin")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    texts = args.texts
+    if texts == ["-"] or not texts:
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        parser.error("give at least one text")
+    spec = load_manifest()["runtime"]
+    session = make_session(spec, args.threads)
+    results = predict(session, make_tokenizer(spec), spec, texts)
+    json.dump({"model": spec["model_file"], "task": spec["task"], "results": results}, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

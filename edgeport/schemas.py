@@ -1,0 +1,459 @@
+"""The typed objects that flow between stages, and the schemas of the YAML catalogues.
+
+Catalogue models (DeviceProfile, Recipe, Target) reject unknown keys so a typo in a
+contributed profile is an error, not a silently ignored field. Everything is frozen:
+stages pass values on, they never rewrite what they were given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=80)]
+
+Arch = Literal["x86_64", "arm64", "armv7"]
+CpuFeature = Literal[
+    # x86
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    # arm
+    "neon",
+    "fp16",
+    "dotprod",
+    "i8mm",
+    "bf16",
+    "sve",
+    "sve2",
+]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
+Family = Literal["encoder", "decoder", "encoder-decoder", "vision", "audio", "diffusion"]
+AcceleratorKind = Literal["gpu", "igpu", "npu", "dsp"]
+
+# CPU features that give a real int8 dot-product instruction (VNNI-class); without one,
+# int8 kernels still run but gain far less over fp32.
+INT8_DOT_FEATURES: frozenset[str] = frozenset(
+    {"avx512_vnni", "avx_vnni", "amx_int8", "dotprod", "i8mm"}
+)
+# CPU features that execute fp16 arithmetic natively (not just convert it).
+FP16_ARITH_FEATURES: frozenset[str] = frozenset({"fp16", "avx512_fp16"})
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+class CpuSpec(StrictModel):
+    arch: Arch
+    cores: PositiveInt
+    name: str | None = None
+    features: list[CpuFeature] = Field(default_factory=list)
+
+
+class Accelerator(StrictModel):
+    kind: AcceleratorKind
+    vendor: str
+    name: str
+    memory_mb: PositiveInt | None = Field(
+        default=None, description="Dedicated memory; omit when it shares system RAM."
+    )
+    precisions: list[Precision] = Field(default_factory=list)
+
+
+class RuntimeSupport(StrictModel):
+    target: Slug = Field(description="A target id from targets/*.yaml.")
+    devices: list[str] = Field(
+        min_length=1,
+        description="Execution providers (ONNX Runtime) or device names (OpenVINO), "
+        "in preference order.",
+    )
+
+
+class DeviceProfile(StrictModel):
+    id: Slug
+    name: str
+    source: str | None = Field(default=None, description="Where the numbers come from.")
+    cpu: CpuSpec
+    memory_mb: PositiveInt = Field(description="Installed RAM in MiB.")
+    usable_memory_fraction: float = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        description="Share of RAM a model may use; the OS and other processes need the rest.",
+    )
+    accelerator: Accelerator | None = None
+    runtimes: list[RuntimeSupport] = Field(min_length=1)
+    context_length: PositiveInt = Field(
+        default=2048, description="Tokens of context a language model must hold (KV cache)."
+    )
+    sequence_length: PositiveInt = Field(
+        default=128, description="Typical input length in tokens for encoders."
+    )
+    batch_size: PositiveInt = Field(default=1, description="Typical batch size on the device.")
+
+    @model_validator(mode="after")
+    def _unique_runtimes(self) -> DeviceProfile:
+        seen = [r.target for r in self.runtimes]
+        if len(seen) != len(set(seen)):
+            raise ValueError(f"runtimes lists a target twice: {seen}")
+        return self
+
+    @property
+    def usable_memory_mb(self) -> float:
+        return self.memory_mb * self.usable_memory_fraction
+
+    @property
+    def feature_set(self) -> frozenset[str]:
+        return frozenset(self.cpu.features)
+
+    def hardware_precisions(self, device: str) -> frozenset[str]:
+        """Precisions the named device runs natively (not emulated)."""
+        precisions = {"fp32", "int8"}
+        if self.accelerator and device_is_accelerator(device):
+            precisions.update(self.accelerator.precisions)
+            return frozenset(precisions)
+        if self.feature_set & FP16_ARITH_FEATURES:
+            precisions.add("fp16")
+        if self.feature_set & {"avx512_bf16", "amx_bf16", "bf16"}:
+            precisions.add("bf16")
+        return frozenset(precisions)
+
+    def runtime(self, target_id: str) -> RuntimeSupport | None:
+        return next((r for r in self.runtimes if r.target == target_id), None)
+
+
+def device_is_accelerator(device: str) -> bool:
+    """True for devices that are not the host CPU ("GPU", "NPU", "CUDAExecutionProvider")."""
+    return device not in {"CPU", "CPUExecutionProvider", "XnnpackExecutionProvider"}
+
+
+# --------------------------------------------------------------------------- targets
+
+
+class Target(StrictModel):
+    id: Slug
+    name: str
+    formats: list[str] = Field(min_length=1)
+    host_modules: list[str] = Field(
+        description="Python modules the build host must import to export for this target."
+    )
+    extra: str | None = Field(default=None, description="pip extra that installs host_modules.")
+    device_packages: list[str] = Field(
+        description="pip packages the bundle's runner needs on the device."
+    )
+    devices: list[str] = Field(min_length=1, description="Devices or execution providers.")
+    precisions: list[Precision]
+    families: list[Family]
+    runtime_overhead_mb: PositiveInt = Field(
+        description="Resident memory of the runtime itself, before the model."
+    )
+
+    def install_command(self) -> str:
+        if self.extra:
+            return f'pip install -c constraints.txt "edgeport[{self.extra}]"'
+        return "pip install -c constraints.txt edgeport"
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+class GraphOptimization(StrictModel):
+    level: Literal["none", "basic", "extended"] = "basic"
+    transformer_fusion: bool = Field(
+        default=False,
+        description="Fuse attention/layernorm/gelu subgraphs into single kernels.",
+    )
+
+
+QuantScheme = Literal["none", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight"]
+
+
+class Quantization(StrictModel):
+    scheme: QuantScheme = "none"
+    per_channel: bool = False
+    format: Literal["QDQ", "QOperator"] = "QOperator"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    activation_type: Literal["int8", "uint8"] = "uint8"
+    reduce_range: bool = False
+    op_types: list[str] | None = Field(
+        default=None, description="Operator types to quantise; all supported ones when omitted."
+    )
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    symmetric: bool = True
+    group_size: PositiveInt | None = Field(default=None, description="Weight-only block size.")
+    ratio: float | None = Field(default=None, gt=0, le=1, description="Share of int4 layers.")
+    keep_io_float: bool = Field(default=True, description="fp16: keep inputs/outputs fp32.")
+
+    @property
+    def precision(self) -> Precision:
+        return {
+            "none": "fp32",
+            "fp16": "fp16",
+            "int8-dynamic": "int8",
+            "int8-static": "int8",
+            "int8-weight": "int8",
+            "int4-weight": "int4",
+        }[self.scheme]  # type: ignore[return-value]
+
+
+class Requirements(StrictModel):
+    cpu_features_any: list[CpuFeature] = Field(
+        default_factory=list, description="At least one of these CPU features."
+    )
+    hardware_precision: bool = Field(
+        default=False,
+        description="Only for devices that run the recipe's precision natively.",
+    )
+    families: list[Family] = Field(default_factory=list, description="Empty: every family.")
+
+
+class Tolerance(StrictModel):
+    embedding_cosine_min: float | None = Field(default=None, ge=-1, le=1)
+    embedding_cosine_mean_min: float | None = Field(default=None, ge=-1, le=1)
+    top1_agreement_min: float | None = Field(default=None, ge=0, le=1)
+    next_token_agreement_min: float | None = Field(default=None, ge=0, le=1)
+    perplexity_increase_max: float | None = Field(default=None, ge=0)
+    generation_match_min: float | None = Field(default=None, ge=0, le=1)
+
+
+class Expectation(StrictModel):
+    size_factor: float = Field(gt=0, description="Model bytes relative to fp32 weights.")
+    speedup: float = Field(gt=0, description="Latency speedup vs fp32 on a plain CPU.")
+    speedup_by_feature: dict[CpuFeature, float] = Field(
+        default_factory=dict,
+        description="Speedup on CPUs with this feature; the first one the device has wins.",
+    )
+
+    def speedup_on(self, features: frozenset[str]) -> float:
+        for feature, speedup in self.speedup_by_feature.items():
+            if feature in features:
+                return speedup
+        return self.speedup
+
+
+class Recipe(StrictModel):
+    id: Slug
+    description: str
+    target: Slug
+    safety: int = Field(
+        ge=0, description="0 = numerically faithful; larger = more aggressive. Fallback order."
+    )
+    graph: GraphOptimization = GraphOptimization()
+    quantize: Quantization = Quantization()
+    requires: Requirements = Requirements()
+    tolerance: Tolerance = Tolerance()
+    expect: Expectation
+
+    @property
+    def precision(self) -> Precision:
+        return self.quantize.precision
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ModelDims(StrictModel):
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    vocab_size: int | None = None
+    max_positions: int | None = None
+
+
+class ModelInfo(StrictModel):
+    source: str = Field(description="What the user asked for: Hub id or folder.")
+    repo_id: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    local_path: Path
+    task: str
+    family: Family
+    model_type: str
+    architectures: list[str] = Field(default_factory=list)
+    parameter_count: int
+    weight_dtype: str
+    weight_bytes: int
+    files: list[str]
+    dims: ModelDims = ModelDims()
+    pooling: Literal["mean", "cls", "max", "none"] = "none"
+    normalize_embeddings: bool = False
+    max_length: int = 512
+
+    @property
+    def display_name(self) -> str:
+        return self.repo_id or self.source
+
+
+# --------------------------------------------------------------------------- plan
+
+
+class Candidate(StrictModel):
+    recipe: Recipe
+    target: Target
+    device: str
+    estimated_memory_mb: float
+    estimated_size_mb: float
+    estimated_speedup: float
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.recipe.id}@{self.device}"
+
+
+DropCode = Literal["target", "runtime", "family", "isa", "precision", "memory", "extra"]
+
+
+class DroppedCandidate(StrictModel):
+    recipe_id: str
+    target_id: str
+    code: DropCode
+    reason: str
+
+
+class Plan(StrictModel):
+    model: ModelInfo
+    profile: DeviceProfile
+    candidates: list[Candidate]
+    dropped: list[DroppedCandidate]
+
+
+# --------------------------------------------------------------------------- results
+
+
+class OutputComparison(StrictModel):
+    name: str
+    reference_shape: list[int]
+    candidate_shape: list[int]
+    max_abs_error: float
+    mean_abs_error: float
+
+
+class MetricResult(StrictModel):
+    name: str
+    value: float
+    threshold: float | None
+    higher_is_better: bool
+    passed: bool | None = Field(description="None when the recipe sets no threshold.")
+
+
+class ValidationReport(StrictModel):
+    task: str
+    validation_samples: int
+    calibration_samples: int
+    outputs: list[OutputComparison]
+    metrics: list[MetricResult]
+    failures: list[str]
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def metric(self, name: str) -> float | None:
+        return next((m.value for m in self.metrics if m.name == name), None)
+
+
+class Measurement(StrictModel):
+    latency_ms: float = Field(description="Median latency of one batch.")
+    latency_p90_ms: float
+    runs: int
+    batch_size: int
+    threads: int
+    peak_memory_mb: float = Field(description="Resident memory added by loading and running.")
+    model_bytes: int
+
+
+AttemptStatus = Literal["passed", "failed", "error", "skipped"]
+
+
+class Attempt(StrictModel):
+    recipe_id: str
+    target_id: str
+    device: str
+    precision: Precision
+    status: AttemptStatus
+    detail: str = ""
+    validation: ValidationReport | None = None
+    measurement: Measurement | None = None
+    latency_ratio: float | None = Field(
+        default=None, description="Latency relative to the fp32 baseline of the same run."
+    )
+    excluded_nodes: list[str] = Field(default_factory=list)
+    duration_s: float = 0.0
+    artifact_dir: Path | None = Field(default=None, exclude=True)
+
+
+class FileEntry(StrictModel):
+    path: str
+    sha256: str
+    bytes: int
+
+
+class RuntimeSpec(StrictModel):
+    """What the on-device runner needs to know; read by run.py from manifest.json."""
+
+    target: str
+    device: str
+    task: str
+    model_file: str
+    input_names: list[str]
+    output_names: list[str]
+    pooling: str
+    normalize_embeddings: bool
+    max_length: int
+    threads: int
+    precision: Precision
+    pad_token_id: int = 0
+    providers: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Manifest(StrictModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    format_version: int = 1
+    edgeport_version: str
+    created_by: str = "edgeport"
+    model: dict[str, str | int | None]
+    profile: DeviceProfile
+    recipe: Recipe
+    runtime: RuntimeSpec
+    versions: dict[str, str]
+    verdict: Literal["passed", "degraded"]
+    metrics: dict[str, float]
+    tolerance: Tolerance
+    excluded_nodes: list[str]
+    attempts: list[Attempt]
+    files: list[FileEntry]
+    notes: list[str] = Field(default_factory=list)
+
+
+class ConversionResult(StrictModel):
+    bundle: Path | None
+    report: Path | None
+    verdict: Literal["passed", "degraded", "failed"]
+    chosen: Attempt | None
+    attempts: list[Attempt]
+    plan: Plan

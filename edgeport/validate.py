@@ -1,0 +1,237 @@
+"""Compare a converted model with the original PyTorch model on the same realistic inputs.
+
+Checks names, then shapes, then values (collecting every failure, as optimum's
+validate_model_outputs does), then the task metric the user cares about: for sentence
+embeddings the cosine of the pooled embedding, worst case first, because int8 models
+fail on a few short or unusual inputs long before the average moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeport.schemas import MetricResult, ModelInfo, OutputComparison, Tolerance, ValidationReport
+
+if TYPE_CHECKING:
+    from edgeport.backends import Feeds
+
+Outputs = dict[str, np.ndarray]
+
+# Used when a recipe sets no threshold for the task's metric: the gate is never optional.
+DEFAULT_TOLERANCE = Tolerance(
+    embedding_cosine_min=0.99,
+    top1_agreement_min=0.98,
+    next_token_agreement_min=0.90,
+    perplexity_increase_max=0.05,
+)
+
+
+class ReferenceModel:
+    """The original model in PyTorch, loaded the way optimum exports it."""
+
+    def __init__(self, model: ModelInfo, *, trust_remote_code: bool) -> None:
+        import torch
+        from optimum.exporters.tasks import TasksManager
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self._torch = torch
+        self._model = TasksManager.get_model_from_task(
+            model.task,
+            str(model.local_path),
+            library_name="transformers",
+            framework="pt",
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
+        )
+        self._model.eval()
+
+    def run(self, feeds: Feeds, output_names: Sequence[str]) -> Outputs:
+        torch = self._torch
+        with torch.inference_mode():
+            result = self._model(**{name: torch.from_numpy(value) for name, value in feeds.items()})
+        return {name: result[name].float().numpy() for name in output_names}
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
+    """Sentence embedding from token states, as sentence-transformers computes it."""
+    hidden = hidden.astype(np.float64)
+    weights = mask[..., None].astype(np.float64)
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    elif mode == "max":
+        pooled = np.where(weights > 0, hidden, -np.inf).max(axis=1)
+    else:
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    if normalize:
+        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12, None)
+    return pooled
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return np.asarray((a * b).sum(axis=-1) / np.clip(norms, 1e-12, None))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Inputs and reference outputs, computed once and shared by every candidate."""
+
+    batches: list[Feeds]
+    reference: list[Outputs]
+    output_names: tuple[str, ...]
+    calibration_samples: int
+    validation_samples: int
+    notes: tuple[str, ...] = ()
+
+
+def _threshold(tolerance: Tolerance, field: str) -> tuple[float, bool]:
+    value = getattr(tolerance, field)
+    if value is None:
+        return float(getattr(DEFAULT_TOLERANCE, field)), True
+    return float(value), False
+
+
+def _metric(name: str, value: float, tolerance: Tolerance, field: str, higher: bool) -> tuple[MetricResult, str | None]:
+    threshold, defaulted = _threshold(tolerance, field)
+    passed = value >= threshold if higher else value <= threshold
+    if not np.isfinite(value):
+        passed = False
+    note = f"{name}: recipe sets no threshold; using edgeport's default {threshold}" if defaulted else None
+    return MetricResult(name=name, value=float(value), threshold=threshold,
+                        higher_is_better=higher, passed=passed), note
+
+
+def _valid_positions(feeds: Feeds, array: np.ndarray) -> np.ndarray:
+    """Values at real (non-padding) token positions, when the output is per token."""
+    mask = feeds.get("attention_mask")
+    if mask is not None and array.ndim >= 2 and array.shape[:2] == mask.shape:
+        return np.asarray(array[mask.astype(bool)])
+    return array
+
+
+def compare(
+    model: ModelInfo,
+    evaluation: Evaluation,
+    candidate: Sequence[Mapping[str, np.ndarray]],
+    tolerance: Tolerance,
+) -> ValidationReport:
+    failures: list[str] = []
+    notes: list[str] = list(evaluation.notes)
+    comparisons: list[OutputComparison] = []
+
+    for name in evaluation.output_names:
+        if any(name not in outputs for outputs in candidate):
+            failures.append(f"output {name!r} is missing from the converted model")
+            continue
+        max_error = 0.0
+        total_error = 0.0
+        count = 0
+        reference_shape: list[int] = []
+        candidate_shape: list[int] = []
+        for feeds, ref, cand in zip(evaluation.batches, evaluation.reference, candidate, strict=True):
+            expected, actual = ref[name], np.asarray(cand[name])
+            reference_shape, candidate_shape = list(expected.shape), list(actual.shape)
+            if expected.shape != actual.shape:
+                failures.append(f"output {name!r}: shape {list(actual.shape)} != reference {list(expected.shape)}")
+                break
+            if not np.all(np.isfinite(actual)):
+                failures.append(f"output {name!r} contains NaN or infinite values")
+                break
+            diff = np.abs(_valid_positions(feeds, expected.astype(np.float64) - actual.astype(np.float64)))
+            max_error = max(max_error, float(diff.max(initial=0.0)))
+            total_error += float(diff.sum())
+            count += diff.size
+        comparisons.append(
+            OutputComparison(
+                name=name,
+                reference_shape=reference_shape,
+                candidate_shape=candidate_shape,
+                max_abs_error=max_error,
+                mean_abs_error=total_error / max(count, 1),
+            )
+        )
+
+    metrics: list[MetricResult] = []
+    if not failures:
+        for metric, note in TASK_METRICS[model.task](model, evaluation, candidate, tolerance):
+            metrics.append(metric)
+            if note:
+                notes.append(note)
+            if metric.passed is False:
+                comparator = ">=" if metric.higher_is_better else "<="
+                failures.append(
+                    f"{metric.name} = {metric.value:.4f}, needs {comparator} {metric.threshold}"
+                )
+    return ValidationReport(
+        task=model.task,
+        validation_samples=evaluation.validation_samples,
+        calibration_samples=evaluation.calibration_samples,
+        outputs=comparisons,
+        metrics=metrics,
+        failures=failures,
+        notes=notes,
+    )
+
+
+MetricList = list[tuple[MetricResult, str | None]]
+
+
+def _embedding_metrics(
+    model: ModelInfo, evaluation: Evaluation, candidate: Sequence[Mapping[str, np.ndarray]], tolerance: Tolerance
+) -> MetricList:
+    name = evaluation.output_names[0]
+    cosines = []
+    for feeds, ref, cand in zip(evaluation.batches, evaluation.reference, candidate, strict=True):
+        mask = feeds["attention_mask"]
+        expected = pool(ref[name], mask, model.pooling, model.normalize_embeddings)
+        actual = pool(np.asarray(cand[name]), mask, model.pooling, model.normalize_embeddings)
+        cosines.append(cosine_rows(expected, actual))
+    values = np.concatenate(cosines)
+    results = [
+        _metric("embedding_cosine_min", float(values.min()), tolerance, "embedding_cosine_min", True)
+    ]
+    mean = float(values.mean())
+    if tolerance.embedding_cosine_mean_min is not None:
+        results.append(_metric("embedding_cosine_mean", mean, tolerance, "embedding_cosine_mean_min", True))
+    else:
+        results.append((MetricResult(name="embedding_cosine_mean", value=mean, threshold=None,
+                                     higher_is_better=True, passed=None), None))
+    return results
+
+
+def _top1_metrics(
+    model: ModelInfo, evaluation: Evaluation, candidate: Sequence[Mapping[str, np.ndarray]], tolerance: Tolerance
+) -> MetricList:
+    name = evaluation.output_names[0]
+    agree = 0
+    total = 0
+    for feeds, ref, cand in zip(evaluation.batches, evaluation.reference, candidate, strict=True):
+        expected = _valid_positions(feeds, ref[name]).argmax(axis=-1)
+        actual = _valid_positions(feeds, np.asarray(cand[name])).argmax(axis=-1)
+        agree += int((expected == actual).sum())
+        total += int(expected.size)
+    return [_metric("top1_agreement", agree / max(total, 1), tolerance, "top1_agreement_min", True)]
+
+
+TaskMetrics = Callable[[ModelInfo, Evaluation, Sequence[Mapping[str, np.ndarray]], Tolerance], MetricList]
+TASK_METRICS: dict[str, TaskMetrics] = {
+    "feature-extraction": _embedding_metrics,
+    "text-classification": _top1_metrics,
+    "token-classification": _top1_metrics,
+    "fill-mask": _top1_metrics,
+}
+
+
+def primary_metric(report: ValidationReport) -> float:
+    """The number that ranks candidates by accuracy: the first task metric."""
+    return report.metrics[0].value if report.metrics else float("-inf")
+
+
+def run_batches(run: Callable[[Any], Mapping[str, np.ndarray]], batches: Sequence[Feeds]) -> list[Outputs]:
+    return [dict(run(batch)) for batch in batches]
