@@ -38,7 +38,7 @@ def measure(
 
     with tempfile.TemporaryDirectory(prefix="edgeport-bench-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
-        np.savez(feeds_path, **feeds)
+        np.savez(feeds_path, **feeds)  # type: ignore[arg-type]
         command = [
             sys.executable,
             "-m",
@@ -56,7 +56,9 @@ def measure(
                 command, capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, check=False
             )
         except subprocess.TimeoutExpired as exc:
-            raise EdgeportError(f"latency measurement timed out after {MEASURE_TIMEOUT_S}s") from exc
+            raise EdgeportError(
+                f"latency measurement timed out after {MEASURE_TIMEOUT_S}s"
+            ) from exc
     if completed.returncode != 0:
         tail = (completed.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise EdgeportError(f"latency measurement failed (exit {completed.returncode}): {tail}")

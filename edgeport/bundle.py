@@ -86,7 +86,9 @@ class BundleWriter:
         for path in sorted(self.root.rglob("*")):
             relative = path.relative_to(self.root).as_posix()
             if path.is_file() and relative not in skipped:
-                entries.append(FileEntry(path=relative, sha256=sha256_file(path), bytes=path.stat().st_size))
+                entries.append(
+                    FileEntry(path=relative, sha256=sha256_file(path), bytes=path.stat().st_size)
+                )
         return entries
 
     def write_manifest(self, manifest: Manifest) -> None:

@@ -17,8 +17,19 @@ from edgeport.errors import BadInputError, ModelNotFoundError, SecurityError
 SAFE_WEIGHT_SUFFIXES = (".safetensors",)
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Files a conversion never needs: other frameworks' weights and prebuilt exports.
-_ALWAYS_IGNORED = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "onnx/*", "openvino/*",
-                   "*.gguf", "*.mlmodel", "*.tflite", "coreml/*"]
+_ALWAYS_IGNORED = [
+    "*.h5",
+    "*.msgpack",
+    "*.ot",
+    "*.onnx",
+    "*.onnx_data",
+    "onnx/*",
+    "openvino/*",
+    "*.gguf",
+    "*.mlmodel",
+    "*.tflite",
+    "coreml/*",
+]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -51,7 +62,9 @@ def resolve(
         resolved = ResolvedModel(source, path.resolve(), None, None, None)
     else:
         resolved = _resolve_hub(source, revision, allow_pickle=allow_pickle)
-    check_safety(resolved.local_path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    check_safety(
+        resolved.local_path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+    )
     return resolved
 
 
@@ -112,7 +125,9 @@ def check_safety(folder: Path, *, trust_remote_code: bool, allow_pickle: bool) -
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise BadInputError(f"{config_path}: malformed JSON: {exc.msg} (line {exc.lineno})") from exc
+        raise BadInputError(
+            f"{config_path}: malformed JSON: {exc.msg} (line {exc.lineno})"
+        ) from exc
     if not isinstance(config, dict):
         raise BadInputError(f"{config_path}: expected a JSON object")
     if config.get("auto_map") and not trust_remote_code:

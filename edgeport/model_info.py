@@ -25,9 +25,24 @@ SUPPORTED_TASKS: dict[str, Family] = {
     "fill-mask": "encoder",
     "text-generation-with-past": "decoder",
 }
-TASK_ALIASES = {"sentence-similarity": "feature-extraction", "text-generation": "text-generation-with-past"}
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-                "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+TASK_ALIASES = {
+    "sentence-similarity": "feature-extraction",
+    "text-generation": "text-generation-with-past",
+}
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -171,9 +186,7 @@ def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo
     if dims.max_positions:
         max_length = min(max_length, dims.max_positions)
 
-    files = sorted(
-        str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()
-    )
+    files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
     return ModelInfo(
         source=resolved.source,
         repo_id=resolved.repo_id,
@@ -189,7 +202,7 @@ def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo
         weight_bytes=weight_bytes,
         files=files,
         dims=dims,
-        pooling=pooling or "none",  # type: ignore[arg-type]
+        pooling=pooling or "none",
         normalize_embeddings=normalize,
         max_length=int(max_length),
     )

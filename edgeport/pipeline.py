@@ -19,7 +19,14 @@ from typing import Protocol
 
 from edgeport import __version__
 from edgeport.backends import Artifact, ExportedModel, Feeds, get_backend, host_targets
-from edgeport.bundle import REPORT, REQUIREMENTS, RUNNER, BundleWriter, check_destination, runner_source
+from edgeport.bundle import (
+    REPORT,
+    REQUIREMENTS,
+    RUNNER,
+    BundleWriter,
+    check_destination,
+    runner_source,
+)
 from edgeport.catalog import Catalog, load_catalog
 from edgeport.errors import DoesNotFitError, EdgeportError, UnsupportedError
 from edgeport.host import available_cores
@@ -48,8 +55,19 @@ BENCH_BATCH = 32
 BASELINE_KEY = "onnxruntime-fp32-baseline"
 RUNNER_TEMPLATES = {("onnxruntime", "encoder"): "onnxruntime_encoder.py"}
 _VERSION_PACKAGES = (
-    "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers",
-    "numpy", "huggingface-hub", "openvino", "openvino-tokenizers", "nncf", "optimum-intel",
+    "torch",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+    "onnx",
+    "onnxruntime",
+    "tokenizers",
+    "numpy",
+    "huggingface-hub",
+    "openvino",
+    "openvino-tokenizers",
+    "nncf",
+    "optimum-intel",
 )
 
 
@@ -173,10 +191,15 @@ class CandidateEvaluator:
         """ONNX Runtime fp32, the yardstick every latency ratio divides by."""
         exported = self.export("onnxruntime")
         artifact = Artifact(
-            exported.directory, exported.model_file, (exported.model_file,),
-            exported.input_names, exported.output_names,
+            exported.directory,
+            exported.model_file,
+            (exported.model_file,),
+            exported.input_names,
+            exported.output_names,
         )
-        return _measure(artifact, "onnxruntime", "CPUExecutionProvider", self.threads, self.bench_feeds)
+        return _measure(
+            artifact, "onnxruntime", "CPUExecutionProvider", self.threads, self.bench_feeds
+        )
 
     def evaluate(self, candidate: Candidate, baseline: Measurement | None) -> Attempt:
         started = time.monotonic()
@@ -192,7 +215,11 @@ class CandidateEvaluator:
             exported = self.export(candidate.target.id)
             self.progress.info(f"{recipe.id}: optimising and quantising")
             artifact = backend.build(
-                exported, candidate, self.info, self.calibration, self.workdir / "candidates" / recipe.id
+                exported,
+                candidate,
+                self.info,
+                self.calibration,
+                self.workdir / "candidates" / recipe.id,
             )
             self.progress.info(f"{recipe.id}: validating against PyTorch")
             session = backend.load(artifact, candidate.device, self.threads)
@@ -200,14 +227,20 @@ class CandidateEvaluator:
             del session
             report = compare(self.info, self.evaluation, outputs, recipe.tolerance)
             self.progress.info(f"{recipe.id}: measuring latency")
-            measurement = _measure(artifact, candidate.target.id, candidate.device, self.threads, self.bench_feeds)
+            measurement = _measure(
+                artifact, candidate.target.id, candidate.device, self.threads, self.bench_feeds
+            )
         except EdgeportError as exc:
-            return Attempt(status="error", detail=str(exc), duration_s=time.monotonic() - started, **common)
+            return Attempt(
+                status="error", detail=str(exc), duration_s=time.monotonic() - started, **common
+            )
         except Exception as exc:  # a backend bug must not hide the other candidates' results
             log.debug("candidate %s crashed", recipe.id, exc_info=True)
             return Attempt(
-                status="error", detail=f"{type(exc).__name__}: {exc}",
-                duration_s=time.monotonic() - started, **common,
+                status="error",
+                detail=f"{type(exc).__name__}: {exc}",
+                duration_s=time.monotonic() - started,
+                **common,
             )
         self.artifacts[recipe.id] = artifact
         notes = list(artifact.notes)
@@ -225,29 +258,50 @@ class CandidateEvaluator:
         )
 
 
-def _measure(artifact: Artifact, target_id: str, device: str, threads: int, feeds: Feeds) -> Measurement:
+def _measure(
+    artifact: Artifact, target_id: str, device: str, threads: int, feeds: Feeds
+) -> Measurement:
     from edgeport.bench import measure
 
     return measure(artifact, target_id, device, threads, feeds)
 
 
+def _latency(attempt: Attempt) -> float:
+    return attempt.measurement.latency_ms if attempt.measurement else float("inf")
+
+
+def _size(attempt: Attempt) -> float:
+    return attempt.measurement.model_bytes if attempt.measurement else float("inf")
+
+
+def _accuracy(attempt: Attempt) -> float:
+    return primary_metric(attempt.validation) if attempt.validation else float("-inf")
+
+
 def choose(attempts: Sequence[Attempt], objective: Objective) -> Attempt | None:
+    """The winner among candidates that passed, by measured numbers on this host."""
     passed = [a for a in attempts if a.status == "passed" and a.measurement and a.validation]
     if not passed:
         return None
     if objective == "size":
-        return min(passed, key=lambda a: (a.measurement.model_bytes, a.measurement.latency_ms))  # type: ignore[union-attr]
+        return min(passed, key=lambda a: (_size(a), _latency(a)))
     if objective == "accuracy":
-        return max(passed, key=lambda a: (primary_metric(a.validation), -a.measurement.latency_ms))  # type: ignore[union-attr,arg-type]
-    return min(passed, key=lambda a: a.measurement.latency_ms)  # type: ignore[union-attr]
+        return max(passed, key=lambda a: (_accuracy(a), -_latency(a)))
+    return min(passed, key=_latency)
 
 
 def best_failed(attempts: Sequence[Attempt]) -> Attempt | None:
     measured = [a for a in attempts if a.status == "failed" and a.validation and a.measurement]
-    return max(measured, key=lambda a: primary_metric(a.validation)) if measured else None  # type: ignore[arg-type]
+    return max(measured, key=_accuracy) if measured else None
 
 
-def build_evaluation(info: ModelInfo, encoder: TextEncoder, samples: SampleSet, reference: ReferenceModel, output_names: Sequence[str]) -> Evaluation:
+def build_evaluation(
+    info: ModelInfo,
+    encoder: TextEncoder,
+    samples: SampleSet,
+    reference: ReferenceModel,
+    output_names: Sequence[str],
+) -> Evaluation:
     texts = list(samples.validation)
     # Each text alone and in mixed-length padded batches: dynamic quantisation scales
     # activations per batch, so a short text beside long ones is judged too.
@@ -276,29 +330,37 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
         raise explain_empty_plan(the_plan)
     out = request.out or default_out(info, profile.id)
     check_destination(out, force=request.force)
-    progress.stage(
-        f"Plan for {profile.id}: " + ", ".join(c.recipe.id for c in the_plan.candidates)
-    )
+    progress.stage(f"Plan for {profile.id}: " + ", ".join(c.recipe.id for c in the_plan.candidates))
     samples = load_samples(info.family, request.samples)
     threads = max(1, min(profile.cpu.cores, available_cores()))
 
     with tempfile.TemporaryDirectory(prefix="edgeport-") as tmp:
         workdir = Path(tmp)
-        tokenizer_dir = prepare_tokenizer(info, workdir, trust_remote_code=request.trust_remote_code)
+        tokenizer_dir = prepare_tokenizer(
+            info, workdir, trust_remote_code=request.trust_remote_code
+        )
         progress.stage("Loading the original model (PyTorch) for reference outputs")
         evaluator_export = get_backend("onnxruntime").export(
             info, workdir / "onnxruntime", trust_remote_code=request.trust_remote_code
         )
         encoder = TextEncoder(tokenizer_dir, info.max_length, evaluator_export.input_names)
         reference = ReferenceModel(info, trust_remote_code=request.trust_remote_code)
-        evaluation = build_evaluation(info, encoder, samples, reference, evaluator_export.output_names)
+        evaluation = build_evaluation(
+            info, encoder, samples, reference, evaluator_export.output_names
+        )
         del reference
         calibration = [encoder.encode([text]) for text in samples.calibration]
         bench_feeds = encoder.encode(list(samples.validation[:BENCH_BATCH]))
 
         evaluator = CandidateEvaluator(
-            info, evaluation, calibration, bench_feeds, threads, workdir,
-            request.trust_remote_code, progress,
+            info,
+            evaluation,
+            calibration,
+            bench_feeds,
+            threads,
+            workdir,
+            request.trust_remote_code,
+            progress,
         )
         evaluator._exports["onnxruntime"] = evaluator_export
         progress.stage("Measuring the ONNX Runtime fp32 baseline")
@@ -307,16 +369,23 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
         attempts: list[Attempt] = []
         started = time.monotonic()
         for index, candidate in enumerate(the_plan.candidates, start=1):
-            if time.monotonic() - started > request.search_budget_s and any(a.status == "passed" for a in attempts):
+            if time.monotonic() - started > request.search_budget_s and any(
+                a.status == "passed" for a in attempts
+            ):
                 attempts.append(
                     Attempt(
-                        recipe_id=candidate.recipe.id, target_id=candidate.target.id,
-                        device=candidate.device, precision=candidate.recipe.precision,
-                        status="skipped", detail=f"search budget of {request.search_budget_s:.0f}s spent",
+                        recipe_id=candidate.recipe.id,
+                        target_id=candidate.target.id,
+                        device=candidate.device,
+                        precision=candidate.recipe.precision,
+                        status="skipped",
+                        detail=f"search budget of {request.search_budget_s:.0f}s spent",
                     )
                 )
                 continue
-            progress.stage(f"[{index}/{len(the_plan.candidates)}] {candidate.recipe.id}: {candidate.reason}")
+            progress.stage(
+                f"[{index}/{len(the_plan.candidates)}] {candidate.recipe.id}: {candidate.reason}"
+            )
             attempt = evaluator.evaluate(candidate, baseline)
             attempts.append(attempt)
             progress.info(_attempt_line(attempt))
@@ -340,18 +409,39 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             report_path = out.with_name(f"{out.name}.report.md")
             report_path.parent.mkdir(parents=True, exist_ok=True)
             report_path.write_text(report_text, encoding="utf-8")
-            return ConversionResult(bundle=None, report=report_path, verdict="failed", chosen=None, attempts=attempts, plan=the_plan)
+            return ConversionResult(
+                bundle=None,
+                report=report_path,
+                verdict="failed",
+                chosen=None,
+                attempts=attempts,
+                plan=the_plan,
+            )
 
         candidate = next(c for c in the_plan.candidates if c.recipe.id == chosen.recipe_id)
         artifact = evaluator.artifacts[chosen.recipe_id]
         progress.stage(f"Writing bundle to {out}")
         bundle_path = write_bundle(
-            out, request, the_plan, candidate, artifact, chosen, attempts, verdict,  # type: ignore[arg-type]
-            tokenizer_dir, versions, report_text, threads,
+            out,
+            request,
+            the_plan,
+            candidate,
+            artifact,
+            chosen,
+            attempts,
+            verdict,
+            tokenizer_dir,
+            versions,
+            report_text,
+            threads,
         )
     return ConversionResult(
-        bundle=bundle_path, report=bundle_path / REPORT, verdict=verdict,  # type: ignore[arg-type]
-        chosen=chosen, attempts=attempts, plan=the_plan,
+        bundle=bundle_path,
+        report=bundle_path / REPORT,
+        verdict=verdict,
+        chosen=chosen,
+        attempts=attempts,
+        plan=the_plan,
     )
 
 
@@ -371,7 +461,11 @@ def _labels(info: ModelInfo) -> dict[str, str]:
 
     config = json.loads((info.local_path / "config.json").read_text(encoding="utf-8"))
     labels = config.get("id2label") or {}
-    return {str(key): str(value) for key, value in labels.items()} if info.task != "feature-extraction" else {}
+    return (
+        {str(key): str(value) for key, value in labels.items()}
+        if info.task != "feature-extraction"
+        else {}
+    )
 
 
 def write_bundle(
@@ -395,7 +489,9 @@ def write_bundle(
     info, profile = the_plan.model, the_plan.profile
     template = RUNNER_TEMPLATES.get((candidate.target.id, info.family))
     if template is None:
-        raise UnsupportedError(f"no on-device runner for {candidate.target.id} {info.family} models yet")
+        raise UnsupportedError(
+            f"no on-device runner for {candidate.target.id} {info.family} models yet"
+        )
     runtime_devices = profile.runtime(candidate.target.id)
     with BundleWriter(out, force=request.force) as writer:
         for name in artifact.files:
@@ -440,7 +536,7 @@ def write_bundle(
             recipe=candidate.recipe,
             runtime=runtime,
             versions=versions,
-            verdict=verdict,  # type: ignore[arg-type]
+            verdict=verdict,
             metrics=metrics,
             tolerance=candidate.recipe.tolerance,
             excluded_nodes=chosen.excluded_nodes,
@@ -453,7 +549,9 @@ def write_bundle(
 
 
 def _requirements(candidate: Candidate, versions: dict[str, str]) -> str:
-    lines = ["# What run.py needs on the device; the runtime version is the one edgeport validated with."]
+    lines = [
+        "# What run.py needs on the device; the runtime version is the one edgeport validated with."
+    ]
     for package in candidate.target.device_packages:
         version = versions.get(package)
         if package == candidate.target.device_packages[0] and version:

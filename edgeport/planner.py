@@ -46,7 +46,9 @@ def estimate_activation_mb(model: ModelInfo, profile: DeviceProfile) -> float:
     return (hidden_states + attention) / MIB
 
 
-def estimate_memory_mb(model: ModelInfo, recipe: Recipe, target: Target, profile: DeviceProfile) -> float:
+def estimate_memory_mb(
+    model: ModelInfo, recipe: Recipe, target: Target, profile: DeviceProfile
+) -> float:
     fp32_weights_mb = model.parameter_count * 4 / MIB
     weights = fp32_weights_mb * recipe.expect.size_factor
     return weights + estimate_activation_mb(model, profile) + target.runtime_overhead_mb
@@ -97,7 +99,9 @@ def plan(
             continue
         if runtime is None:
             runs = ", ".join(r.target for r in profile.runtimes)
-            dropped.append(_drop(recipe, "runtime", f"{profile.id} does not run {target.name} (runs: {runs})"))
+            dropped.append(
+                _drop(recipe, "runtime", f"{profile.id} does not run {target.name} (runs: {runs})")
+            )
             continue
         families = recipe.requires.families or target.families
         if model.family not in families or model.family not in target.families:
@@ -108,8 +112,12 @@ def plan(
         needed = recipe.requires.cpu_features_any
         if needed and not features.intersection(needed):
             dropped.append(
-                _drop(recipe, "isa", f"needs one of {', '.join(needed)}; {profile.id} has "
-                      f"{', '.join(sorted(features)) or 'no listed features'}")
+                _drop(
+                    recipe,
+                    "isa",
+                    f"needs one of {', '.join(needed)}; {profile.id} has "
+                    f"{', '.join(sorted(features)) or 'no listed features'}",
+                )
             )
             continue
         device = runtime.devices[0]
@@ -117,24 +125,37 @@ def plan(
         if precision not in target.precisions:
             dropped.append(_drop(recipe, "precision", f"{target.name} does not run {precision}"))
             continue
-        if recipe.requires.hardware_precision and precision not in profile.hardware_precisions(device):
+        if recipe.requires.hardware_precision and precision not in profile.hardware_precisions(
+            device
+        ):
             dropped.append(
-                _drop(recipe, "precision", f"{device} on {profile.id} has no native {precision} "
-                      "arithmetic; emulating it would be slower than fp32")
+                _drop(
+                    recipe,
+                    "precision",
+                    f"{device} on {profile.id} has no native {precision} "
+                    "arithmetic; emulating it would be slower than fp32",
+                )
             )
             continue
         memory = estimate_memory_mb(model, recipe, target, profile)
         if memory > budget_mb:
             dropped.append(
-                _drop(recipe, "memory", f"needs ~{memory:,.0f} MB but {profile.id} can give a model "
-                      f"~{budget_mb:,.0f} MB ({profile.usable_memory_fraction:.0%} of "
-                      f"{profile.memory_mb:,} MB)")
+                _drop(
+                    recipe,
+                    "memory",
+                    f"needs ~{memory:,.0f} MB but {profile.id} can give a model "
+                    f"~{budget_mb:,.0f} MB ({profile.usable_memory_fraction:.0%} of "
+                    f"{profile.memory_mb:,} MB)",
+                )
             )
             continue
         if target.id not in host_targets:
             dropped.append(
-                _drop(recipe, "extra", f"{target.name} is not installed on this host: "
-                      f"{target.install_command()}")
+                _drop(
+                    recipe,
+                    "extra",
+                    f"{target.name} is not installed on this host: {target.install_command()}",
+                )
             )
             continue
         speedup = recipe.expect.speedup_on(features)

@@ -20,13 +20,26 @@ def attempts_table(attempts: list[Attempt], chosen: Attempt | None) -> list[str]
         for metric in attempt.validation.metrics if attempt.validation else []:
             if metric.name not in metric_names:
                 metric_names.append(metric.name)
-    header = ["candidate", "target", "precision", "verdict", "latency ms", "vs fp32", "size MB",
-              "peak MB", *metric_names]
+    header = [
+        "candidate",
+        "target",
+        "precision",
+        "verdict",
+        "latency ms",
+        "vs fp32",
+        "size MB",
+        "peak MB",
+        *metric_names,
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for attempt in attempts:
         m = attempt.measurement
-        metrics = {x.name: x.value for x in attempt.validation.metrics} if attempt.validation else {}
-        name = attempt.recipe_id + (" **(chosen)**" if chosen is not None and attempt is chosen else "")
+        metrics = (
+            {x.name: x.value for x in attempt.validation.metrics} if attempt.validation else {}
+        )
+        name = attempt.recipe_id + (
+            " **(chosen)**" if chosen is not None and attempt is chosen else ""
+        )
         row = [
             name,
             attempt.target_id,
@@ -85,7 +98,11 @@ def render_report(
     if failing:
         lines += ["### Why candidates were rejected", ""]
         for attempt in failing:
-            reasons = attempt.validation.failures if attempt.validation and attempt.validation.failures else [attempt.detail]
+            reasons = (
+                attempt.validation.failures
+                if attempt.validation and attempt.validation.failures
+                else [attempt.detail]
+            )
             lines.append(f"- `{attempt.recipe_id}`: " + "; ".join(r for r in reasons if r))
         lines.append("")
     if plan.dropped:
@@ -97,8 +114,10 @@ def render_report(
     if chosen is not None and chosen.validation is not None:
         report = chosen.validation
         for metric in report.metrics:
-            threshold = "" if metric.threshold is None else (
-                f" (needs {'>=' if metric.higher_is_better else '<='} {metric.threshold})"
+            threshold = (
+                ""
+                if metric.threshold is None
+                else (f" (needs {'>=' if metric.higher_is_better else '<='} {metric.threshold})")
             )
             lines.append(f"- `{metric.name}` = {metric.value:.5f}{threshold}")
         for output in report.outputs:

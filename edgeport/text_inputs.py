@@ -38,7 +38,7 @@ def prepare_tokenizer(model: ModelInfo, workdir: Path, *, trust_remote_code: boo
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
             str(model.local_path), use_fast=True, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as exc:

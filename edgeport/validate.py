@@ -97,14 +97,21 @@ def _threshold(tolerance: Tolerance, field: str) -> tuple[float, bool]:
     return float(value), False
 
 
-def _metric(name: str, value: float, tolerance: Tolerance, field: str, higher: bool) -> tuple[MetricResult, str | None]:
+def _metric(
+    name: str, value: float, tolerance: Tolerance, field: str, higher: bool
+) -> tuple[MetricResult, str | None]:
     threshold, defaulted = _threshold(tolerance, field)
     passed = value >= threshold if higher else value <= threshold
     if not np.isfinite(value):
         passed = False
-    note = f"{name}: recipe sets no threshold; using edgeport's default {threshold}" if defaulted else None
-    return MetricResult(name=name, value=float(value), threshold=threshold,
-                        higher_is_better=higher, passed=passed), note
+    note = (
+        f"{name}: recipe sets no threshold; using edgeport's default {threshold}"
+        if defaulted
+        else None
+    )
+    return MetricResult(
+        name=name, value=float(value), threshold=threshold, higher_is_better=higher, passed=passed
+    ), note
 
 
 def _valid_positions(feeds: Feeds, array: np.ndarray) -> np.ndarray:
@@ -134,16 +141,23 @@ def compare(
         count = 0
         reference_shape: list[int] = []
         candidate_shape: list[int] = []
-        for feeds, ref, cand in zip(evaluation.batches, evaluation.reference, candidate, strict=True):
+        for feeds, ref, cand in zip(
+            evaluation.batches, evaluation.reference, candidate, strict=True
+        ):
             expected, actual = ref[name], np.asarray(cand[name])
             reference_shape, candidate_shape = list(expected.shape), list(actual.shape)
             if expected.shape != actual.shape:
-                failures.append(f"output {name!r}: shape {list(actual.shape)} != reference {list(expected.shape)}")
+                failures.append(
+                    f"output {name!r}: shape {list(actual.shape)} "
+                    f"!= reference {list(expected.shape)}"
+                )
                 break
             if not np.all(np.isfinite(actual)):
                 failures.append(f"output {name!r} contains NaN or infinite values")
                 break
-            diff = np.abs(_valid_positions(feeds, expected.astype(np.float64) - actual.astype(np.float64)))
+            diff = np.abs(
+                _valid_positions(feeds, expected.astype(np.float64) - actual.astype(np.float64))
+            )
             max_error = max(max_error, float(diff.max(initial=0.0)))
             total_error += float(diff.sum())
             count += diff.size
@@ -183,7 +197,10 @@ MetricList = list[tuple[MetricResult, str | None]]
 
 
 def _embedding_metrics(
-    model: ModelInfo, evaluation: Evaluation, candidate: Sequence[Mapping[str, np.ndarray]], tolerance: Tolerance
+    model: ModelInfo,
+    evaluation: Evaluation,
+    candidate: Sequence[Mapping[str, np.ndarray]],
+    tolerance: Tolerance,
 ) -> MetricList:
     name = evaluation.output_names[0]
     cosines = []
@@ -194,19 +211,36 @@ def _embedding_metrics(
         cosines.append(cosine_rows(expected, actual))
     values = np.concatenate(cosines)
     results = [
-        _metric("embedding_cosine_min", float(values.min()), tolerance, "embedding_cosine_min", True)
+        _metric(
+            "embedding_cosine_min", float(values.min()), tolerance, "embedding_cosine_min", True
+        )
     ]
     mean = float(values.mean())
     if tolerance.embedding_cosine_mean_min is not None:
-        results.append(_metric("embedding_cosine_mean", mean, tolerance, "embedding_cosine_mean_min", True))
+        results.append(
+            _metric("embedding_cosine_mean", mean, tolerance, "embedding_cosine_mean_min", True)
+        )
     else:
-        results.append((MetricResult(name="embedding_cosine_mean", value=mean, threshold=None,
-                                     higher_is_better=True, passed=None), None))
+        results.append(
+            (
+                MetricResult(
+                    name="embedding_cosine_mean",
+                    value=mean,
+                    threshold=None,
+                    higher_is_better=True,
+                    passed=None,
+                ),
+                None,
+            )
+        )
     return results
 
 
 def _top1_metrics(
-    model: ModelInfo, evaluation: Evaluation, candidate: Sequence[Mapping[str, np.ndarray]], tolerance: Tolerance
+    model: ModelInfo,
+    evaluation: Evaluation,
+    candidate: Sequence[Mapping[str, np.ndarray]],
+    tolerance: Tolerance,
 ) -> MetricList:
     name = evaluation.output_names[0]
     agree = 0
@@ -219,7 +253,9 @@ def _top1_metrics(
     return [_metric("top1_agreement", agree / max(total, 1), tolerance, "top1_agreement_min", True)]
 
 
-TaskMetrics = Callable[[ModelInfo, Evaluation, Sequence[Mapping[str, np.ndarray]], Tolerance], MetricList]
+TaskMetrics = Callable[
+    [ModelInfo, Evaluation, Sequence[Mapping[str, np.ndarray]], Tolerance], MetricList
+]
 TASK_METRICS: dict[str, TaskMetrics] = {
     "feature-extraction": _embedding_metrics,
     "text-classification": _top1_metrics,
@@ -233,5 +269,7 @@ def primary_metric(report: ValidationReport) -> float:
     return report.metrics[0].value if report.metrics else float("-inf")
 
 
-def run_batches(run: Callable[[Any], Mapping[str, np.ndarray]], batches: Sequence[Feeds]) -> list[Outputs]:
+def run_batches(
+    run: Callable[[Any], Mapping[str, np.ndarray]], batches: Sequence[Feeds]
+) -> list[Outputs]:
     return [dict(run(batch)) for batch in batches]

@@ -30,7 +30,11 @@ _FUSION_MODEL_TYPES = {
 # Fused contrib ops (Attention, SkipLayerNorm) defeat ONNX shape inference; telling the
 # quantiser that untyped tensors are float lets it quantise the MatMuls around them.
 _QUANT_EXTRA_OPTIONS = {"MatMulConstBOnly": True, "DefaultTensorType": 1}  # TensorProto.FLOAT
-_GRAPH_LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
+_GRAPH_LEVELS = {
+    "none": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+}
 
 
 def session_options(threads: int, level: str = "basic") -> Any:

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -21,22 +22,29 @@ from tokenizers import Tokenizer
 HERE = Path(__file__).resolve().parent
 
 
-def load_manifest() -> dict:
-    return json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+def load_manifest() -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+    return manifest
 
 
-def make_tokenizer(spec: dict) -> Tokenizer:
+def make_tokenizer(spec: dict[str, Any]) -> Tokenizer:
     tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=spec["max_length"])
     tokenizer.enable_padding(pad_id=spec.get("pad_token_id", 0))
     return tokenizer
 
 
-def make_session(spec: dict, threads: int | None) -> ort.InferenceSession:
+def make_session(spec: dict[str, Any], threads: int | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or spec["threads"]
-    providers = [p for p in spec.get("providers", ["CPUExecutionProvider"]) if p in ort.get_available_providers()]
-    return ort.InferenceSession(str(HERE / spec["model_file"]), options, providers=providers or None)
+    providers = [
+        p
+        for p in spec.get("providers", ["CPUExecutionProvider"])
+        if p in ort.get_available_providers()
+    ]
+    return ort.InferenceSession(
+        str(HERE / spec["model_file"]), options, providers=providers or None
+    )
 
 
 def encode(tokenizer: Tokenizer, texts: list[str], input_names: list[str]) -> dict[str, np.ndarray]:
@@ -63,20 +71,31 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np
     return pooled.astype(np.float32)
 
 
-def predict(session: ort.InferenceSession, tokenizer: Tokenizer, spec: dict, texts: list[str]) -> list:
+def predict(
+    session: ort.InferenceSession, tokenizer: Tokenizer, spec: dict[str, Any], texts: list[str]
+) -> list[Any]:
     feeds = encode(tokenizer, texts, spec["input_names"])
     output = session.run(None, feeds)[0]
     if spec["task"] == "feature-extraction":
-        return pool(output, feeds["attention_mask"], spec["pooling"], spec["normalize_embeddings"]).tolist()
+        pooled = pool(
+            output, feeds["attention_mask"], spec["pooling"], spec["normalize_embeddings"]
+        )
+        embeddings: list[Any] = pooled.tolist()
+        return embeddings
     labels = spec.get("labels") or {}
     if spec["task"] == "text-classification":
         return [labels.get(str(i), str(i)) for i in output.argmax(axis=-1).tolist()]
     mask = feeds["attention_mask"].astype(bool)
-    return [[labels.get(str(i), str(i)) for i in row[m].tolist()] for row, m in zip(output.argmax(-1), mask)]
+    return [
+        [labels.get(str(i), str(i)) for i in row[m].tolist()]
+        for row, m in zip(output.argmax(-1), mask, strict=True)
+    ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("texts", nargs="*", help="texts to run; '-' reads stdin")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()

@@ -1,0 +1,129 @@
+"""Shared fixtures: tiny models built from configs, and a private copy of the Hub cache.
+
+huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE when it is imported, so both are
+set here, before any test imports it: tests never touch the network, and Hub ids
+resolve from a throw-away copy of ../shared/hf-cache exactly as for a user with a warm
+cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SOURCE_CACHE = Path(os.environ.get("EDGEPORT_TEST_HF_CACHE", SHARED / "hf-cache"))
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+TINY_LLAMA = SHARED / "models" / "tiny-llama-pydoc"
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="edgeport-tests-"))
+TEST_CACHE = _SESSION_TMP / "hf-cache"
+if SOURCE_CACHE.is_dir():
+    shutil.copytree(SOURCE_CACHE, TEST_CACHE, symlinks=True)
+else:
+    TEST_CACHE.mkdir(parents=True)
+os.environ["HF_HUB_CACHE"] = str(TEST_CACHE)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("EDGEPORT_DEBUG", None)
+
+needs_minilm = pytest.mark.skipif(
+    not (TEST_CACHE / "models--sentence-transformers--all-MiniLM-L6-v2").is_dir(),
+    reason=f"the real MiniLM is not in {SOURCE_CACHE}",
+)
+
+TRAINING_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Edge devices run small models with little memory.",
+    "Quantisation trades a little accuracy for speed.",
+    "Hello world, this is a tiny tokenizer for tests.",
+    "Prices like $19.99 and log lines like ERROR timeout appear too.",
+]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+def _tiny_tokenizer(folder: Path) -> int:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    )
+    tokenizer.train_from_iterator(TRAINING_TEXT * 4, trainer)
+    tokenizer.post_processor = processors.BertProcessing(
+        ("[SEP]", tokenizer.token_to_id("[SEP]")), ("[CLS]", tokenizer.token_to_id("[CLS]"))
+    )
+    fast = BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=128)
+    fast.save_pretrained(str(folder))
+    return int(tokenizer.get_vocab_size())
+
+
+def build_tiny_bert(folder: Path, head: str = "base", seed: int = 0) -> Path:
+    """A random 2-layer BERT (with a real tokenizer) saved as safetensors."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _tiny_tokenizer(folder)
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    if head == "classification":
+        config.id2label = {0: "negative", 1: "positive"}
+        config.label2id = {"negative": 0, "positive": 1}
+        model = BertForSequenceClassification(config)
+    else:
+        model = BertModel(config)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(
+        tmp_path_factory.mktemp("models") / "tiny-bert-cls", head="classification"
+    )
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `edgeport` as a user would, in a child process (exit codes included)."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgeport", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        check=False,
+        timeout=1800,
+    )
+
+
+@pytest.fixture
+def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return run_cli

@@ -1,0 +1,233 @@
+"""The CLI as a user meets it: bundles that work, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edgeport.bundle import sha256_file
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _blocking_shim(folder: Path, modules: list[str]) -> Path:
+    """A PYTHONPATH folder where importing any of `modules` fails, like a bare device."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for module in modules:
+        (folder / f"{module}.py").write_text(
+            f"raise ImportError('{module} is not on the device')\n"
+        )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(
+    tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, object]]:
+    from conftest import run_cli
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    result = run_cli(
+        "convert", str(tiny_bert), "--profile", "x86-64-avx512-vnni", "--out", str(out), "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout)
+
+
+def test_convert_writes_a_complete_bundle(tiny_bundle: tuple[Path, dict[str, object]]) -> None:
+    out, payload = tiny_bundle
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "model.onnx",
+        "tokenizer.json",
+        "manifest.json",
+        "report.md",
+        "run.py",
+        "requirements.txt",
+    } <= names
+    assert payload["verdict"] == "passed"
+    assert payload["bundle"] == str(out)
+    assert payload["recipe"] in {"onnx-int8-dynamic", "onnx-fp32"}
+    assert payload["metrics"]["embedding_cosine_min"] >= 0.99  # type: ignore[index]
+    # No temporary folder is left beside the bundle.
+    assert [p.name for p in out.parent.iterdir()] == ["tiny"]
+
+
+def test_manifest_checksums_cover_every_file(tiny_bundle: tuple[Path, dict[str, object]]) -> None:
+    out, _ = tiny_bundle
+    manifest = json.loads((out / "manifest.json").read_text())
+    listed = {entry["path"]: entry["sha256"] for entry in manifest["files"]}
+    on_disk = {p.name for p in out.iterdir() if p.name != "manifest.json"}
+    assert set(listed) == on_disk
+    for name, digest in listed.items():
+        assert sha256_file(out / name) == digest
+    assert manifest["versions"]["onnxruntime"]
+    assert manifest["recipe"]["id"] == manifest["attempts"][-1]["recipe_id"] or any(
+        a["status"] == "passed" for a in manifest["attempts"]
+    )
+    assert {a["recipe_id"] for a in manifest["attempts"]} >= {"onnx-fp32", "onnx-int8-dynamic"}
+
+
+def test_runner_embeds_text_without_torch(
+    tiny_bundle: tuple[Path, dict[str, object]], tmp_path: Path
+) -> None:
+    out, _ = tiny_bundle
+    shim = _blocking_shim(tmp_path / "shim", ["torch", "transformers", "optimum"])
+    result = subprocess.run(
+        [sys.executable, str(out / "run.py"), "hello world", "a second, longer sentence to embed"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(shim)},
+    )
+    assert result.returncode == 0, result.stderr
+    embeddings = json.loads(result.stdout)["results"]
+    assert len(embeddings) == 2
+    assert len(embeddings[0]) == 32  # hidden size of the tiny model
+
+
+def test_report_explains_choice(tiny_bundle: tuple[Path, dict[str, object]]) -> None:
+    out, _ = tiny_bundle
+    report = (out / "report.md").read_text()
+    assert "planned because" in report
+    assert "onnx-fp16" in report  # dropped: no native fp16 on this profile, and says so
+    assert "disjoint" in report
+
+
+def test_existing_bundle_is_not_overwritten(
+    cli: Cli, tiny_bert: Path, tiny_bundle: tuple[Path, dict[str, object]]
+) -> None:
+    out, _ = tiny_bundle
+    before = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+    result = cli("convert", str(tiny_bert), "--profile", "x86-64-avx2", "--out", str(out))
+    assert result.returncode == 2
+    assert "already exists" in result.stderr
+    assert hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest() == before
+
+
+def test_unknown_profile_is_bad_input(cli: Cli, tiny_bert: Path) -> None:
+    result = cli("plan", str(tiny_bert), "--profile", "toaster-9000")
+    assert result.returncode == 2
+    assert "unknown profile 'toaster-9000'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_malformed_profile_yaml_is_bad_input(cli: Cli, tiny_bert: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("id: broken\ncpu: [unclosed\n")
+    result = cli("plan", str(tiny_bert), "--profile", str(broken))
+    assert result.returncode == 2
+    assert "malformed YAML" in result.stderr and "broken.yaml" in result.stderr
+
+
+def test_profile_with_unknown_key_names_file_and_field(
+    cli: Cli, tiny_bert: Path, tmp_path: Path
+) -> None:
+    source = Path(__file__).resolve().parents[1] / "profiles" / "raspberry-pi-4.yaml"
+    profile = tmp_path / "raspberry-pi-4.yaml"
+    profile.write_text(source.read_text() + "gpu_count: 2\n")
+    result = cli("plan", str(tiny_bert), "--profile", str(profile))
+    assert result.returncode == 2
+    assert "gpu_count: unknown key" in result.stderr
+
+
+def test_model_missing_from_offline_cache(cli: Cli) -> None:
+    result = cli("plan", "example-org/not-a-cached-model", "--profile", "x86-64-avx2")
+    assert result.returncode == 2
+    assert "not in the Hugging Face cache" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")  # one line, no traceback
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_model_folder(cli: Cli, tmp_path: Path) -> None:
+    result = cli(
+        "convert", str(tmp_path / "nope"), "--profile", "x86-64-avx2", "--out", str(tmp_path / "b")
+    )
+    assert result.returncode == 2
+    assert "model folder not found" in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_unsupported_task(cli: Cli, tiny_bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    result = cli(
+        "convert",
+        str(tiny_bert),
+        "--profile",
+        "x86-64-avx2",
+        "--task",
+        "image-classification",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 4
+    assert "not supported" in result.stderr
+    assert not out.exists()
+
+
+def test_accuracy_gate_failure_ships_nothing(cli: Cli, tiny_bert: Path, tmp_path: Path) -> None:
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "impossible-int8.yaml").write_text(
+        "id: impossible-int8\n"
+        "description: int8 held to a tolerance nothing quantised can meet\n"
+        "target: onnxruntime\nsafety: 3\n"
+        "quantize: {scheme: int8-dynamic, per_channel: false}\n"
+        "tolerance: {embedding_cosine_min: 1.0}\n"
+        "expect: {size_factor: 0.3, speedup: 2.0}\n"
+    )
+    out = tmp_path / "bundle"
+    result = cli(
+        "convert",
+        str(tiny_bert),
+        "--profile",
+        "x86-64-avx2",
+        "--recipes-dir",
+        str(recipes),
+        "--recipe",
+        "impossible-int8",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert result.returncode == 3, result.stderr
+    assert not out.exists()
+    payload = json.loads(result.stdout)
+    assert payload["verdict"] == "failed"
+    report = Path(payload["report"])
+    assert report.is_file() and "embedding_cosine_min" in report.read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    degraded = cli(
+        "convert",
+        str(tiny_bert),
+        "--profile",
+        "x86-64-avx2",
+        "--recipes-dir",
+        str(recipes),
+        "--recipe",
+        "impossible-int8",
+        "--out",
+        str(out),
+        "--accept-degraded",
+        "--json",
+    )
+    assert degraded.returncode == 0, degraded.stderr
+    assert json.loads(degraded.stdout)["verdict"] == "degraded"
+    assert json.loads((out / "manifest.json").read_text())["verdict"] == "degraded"
+
+
+def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    heavy = "('torch', 'onnxruntime', 'openvino', 'transformers')"
+    code = f"import sys, edgeport.cli; print(any(m in sys.modules for m in {heavy}))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
