@@ -8,16 +8,18 @@ for a target that does not exist) are checked here too, once, for the whole cata
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from edgeport.errors import BadInputError, CatalogError
 from edgeport.schemas import DeviceProfile, Recipe, Target
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 HOST_PROFILE_ID = "host"
 ENV_PROFILES_DIR = "EDGEPORT_PROFILES_DIR"
@@ -65,26 +67,42 @@ def read_yaml_mapping(path: Path) -> dict[str, object]:
 
 
 def problems_in_file(path: Path, model: type[ModelT]) -> tuple[ModelT | None, list[str]]:
-    """Parse and validate one file; return the object or every problem found."""
+    """Parse and validate one file; return the object or every problem found.
+
+    The id of a catalogue entry is its file name. A profile may leave `id:` out (it is
+    then taken from the file name, so `edgeport profiles detect > my-board.yaml` gives
+    the profile `my-board`); where an id is written it must match the file name.
+    """
     try:
         data = read_yaml_mapping(path)
     except BadInputError as exc:
         return None, [str(exc)]
+    expected_id = path.stem
+    id_from_name = model is DeviceProfile and "id" not in data
+    if id_from_name:
+        data = {"id": expected_id, **data}
+    problems: list[str] = []
+    written_id = data.get("id")
+    if isinstance(written_id, str) and written_id != expected_id:
+        problems.append(f"{path}: id: {written_id!r} must match the file name {expected_id!r}")
     try:
         obj = model.model_validate(data)
     except ValidationError as exc:
-        return None, format_validation_error(path, exc)
-    expected_id = path.stem
-    actual_id = getattr(obj, "id", expected_id)
-    if actual_id != expected_id:
-        return None, [f"{path}: id: {actual_id!r} must match the file name {expected_id!r}"]
+        for line in format_validation_error(path, exc):
+            if id_from_name and line.startswith(f"{path}: id: "):
+                line += " (the id is the file name: rename the file)"
+            problems.append(line)
+        return None, problems
+    if problems:
+        return None, problems
     return obj, []
 
 
 def load_file(path: Path, model: type[ModelT]) -> ModelT:
     obj, problems = problems_in_file(path, model)
     if obj is None:
-        raise CatalogError(problems[0] + (f" (and {len(problems) - 1} more)" if problems[1:] else ""))
+        more = f" (and {len(problems) - 1} more)" if problems[1:] else ""
+        raise CatalogError(problems[0] + more)
     return obj
 
 
@@ -167,6 +185,12 @@ def _load_kind(files: list[Path], model: type[ModelT]) -> dict[str, tuple[Path, 
         obj = load_file(path, model)
         loaded[getattr(obj, "id")] = (path, obj)  # noqa: B009 - every catalogue model has an id
     return loaded
+
+
+def load_targets(targets_dirs: Sequence[Path] = ()) -> dict[str, Target]:
+    """The built-in targets, then those from extra folders; raises CatalogError if malformed."""
+    files = _yaml_files([builtin_dir("targets"), *targets_dirs])
+    return {key: obj for key, (_, obj) in _load_kind(files, Target).items()}
 
 
 def _env_dirs(variable: str) -> list[Path]:

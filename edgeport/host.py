@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
-from edgeport.schemas import CpuFeature, CpuSpec, DeviceProfile, RuntimeSupport, Target
+from edgeport import __version__
+from edgeport.schemas import CpuFeature, CpuSpec, DeviceProfile, RuntimeSupport
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from edgeport.schemas import Target
+
+logger = logging.getLogger(__name__)
 
 # /proc/cpuinfo flag -> edgeport feature name. Linux spells some flags differently on
 # x86 ("avx512_vnni") and arm ("asimddp" for dotprod, "asimdhp" for fp16 arithmetic).
@@ -61,6 +72,59 @@ def features_from_cpuinfo(text: str) -> list[str]:
     return sorted(feature for feature in features if feature in _KNOWN_FEATURES)
 
 
+# macOS: `sysctl hw.optional machdep.cpu` keys (value 1 = present) and CPUID words.
+_SYSCTL_KEYS: dict[str, str] = {
+    "hw.optional.neon": "neon",
+    "hw.optional.arm.FEAT_FP16": "fp16",
+    "hw.optional.neon_fp16": "fp16",
+    "hw.optional.arm.FEAT_DotProd": "dotprod",
+    "hw.optional.arm.FEAT_I8MM": "i8mm",
+    "hw.optional.arm.FEAT_BF16": "bf16",
+    "hw.optional.arm.FEAT_SVE": "sve",
+    "hw.optional.arm.FEAT_SVE2": "sve2",
+    "hw.optional.sse4_2": "sse4_2",
+    "hw.optional.avx1_0": "avx",
+    "hw.optional.avx2_0": "avx2",
+    "hw.optional.fma": "fma",
+    "hw.optional.avx512f": "avx512f",
+    "hw.optional.avx512bw": "avx512bw",
+    "hw.optional.avx512vl": "avx512vl",
+}
+_SYSCTL_CPUID_WORDS: dict[str, str] = {
+    "SSE4.2": "sse4_2",
+    "AVX1.0": "avx",
+    "AVX2": "avx2",
+    "FMA": "fma",
+    "F16C": "f16c",
+    "AVX512F": "avx512f",
+    "AVX512BW": "avx512bw",
+    "AVX512VL": "avx512vl",
+    "AVX512VNNI": "avx512_vnni",
+}
+
+
+def features_from_sysctl(text: str) -> list[str]:
+    """CPU features from `sysctl hw.optional machdep.cpu` output (macOS)."""
+    features: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key in _SYSCTL_KEYS and value == "1":
+            features.add(_SYSCTL_KEYS[key])
+        elif key.startswith("machdep.cpu.") and key.endswith("features"):
+            words = value.upper().split()
+            features.update(_SYSCTL_CPUID_WORDS[w] for w in words if w in _SYSCTL_CPUID_WORDS)
+    return sorted(feature for feature in features if feature in _KNOWN_FEATURES)
+
+
+def sysctl_cpu_name(text: str) -> str | None:
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "machdep.cpu.brand_string":
+            return value.strip() or None
+    return None
+
+
 def cpu_model_name(text: str) -> str | None:
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -82,41 +146,100 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _onnxruntime_devices() -> list[str]:
+    import onnxruntime
+
+    return [str(name) for name in onnxruntime.get_available_providers()]
+
+
+def _openvino_devices() -> list[str]:
+    import openvino
+
+    # "GPU.0", "GPU.1" are instances of one device kind: the profile names the kind.
+    return [str(name).split(".")[0] for name in openvino.Core().available_devices]
+
+
+# How to ask each runtime which devices or execution providers it can use here. The
+# runtimes are imported only when probed: they are optional and slow to import.
+DEVICE_PROBES: dict[str, Callable[[], list[str]]] = {
+    "onnxruntime": _onnxruntime_devices,
+    "openvino": _openvino_devices,
+}
+
+
+def order_devices(reported: Iterable[str], target: Target) -> list[str]:
+    """Devices the target knows, without duplicates, its CPU device first.
+
+    The CPU device comes first because it is the one edgeport can validate on the build
+    host; move an accelerator up in the saved profile to prefer it.
+    """
+    known = [name for name in dict.fromkeys(reported) if name in target.devices]
+    cpu = target.devices[0]
+    return sorted(known, key=lambda name: name != cpu) or [cpu]
+
+
 def installed_runtimes(targets: dict[str, Target]) -> list[RuntimeSupport]:
-    """Targets whose runtime is importable here, CPU device only (what can be checked)."""
+    """Targets whose runtime is importable here, with the devices it reports."""
     runtimes = []
     for target in targets.values():
         module = target.device_packages[0].replace("-", "_")
         if importlib.util.find_spec(module) is None:
             continue
-        runtimes.append(RuntimeSupport(target=target.id, devices=[target.devices[0]]))
+        probe = DEVICE_PROBES.get(target.id)
+        reported: list[str] = []
+        if probe is not None:
+            try:
+                reported = probe()
+            except Exception as exc:  # a broken runtime install: fall back to its CPU device
+                logger.debug("probing %s devices failed: %s", target.id, exc)
+        runtimes.append(RuntimeSupport(target=target.id, devices=order_devices(reported, target)))
     return runtimes
 
 
-def probe_host_profile(targets: dict[str, Target], profile_id: str = "host") -> DeviceProfile:
-    cpuinfo_path = Path("/proc/cpuinfo")
-    cpuinfo = cpuinfo_path.read_text(encoding="utf-8", errors="replace") if cpuinfo_path.exists() else ""
+def _sysctl_text() -> str:
+    try:
+        result = subprocess.run(
+            ["sysctl", "hw.optional", "machdep.cpu"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return result.stdout
+
+
+def probe_cpu() -> CpuSpec:
+    """Architecture, usable cores, model name and ISA features of this machine's CPU."""
     arch = normalise_arch(platform.machine())
-    features = features_from_cpuinfo(cpuinfo)
+    cpuinfo_path = Path("/proc/cpuinfo")
+    if cpuinfo_path.exists():
+        cpuinfo = cpuinfo_path.read_text(encoding="utf-8", errors="replace")
+        features, name = features_from_cpuinfo(cpuinfo), cpu_model_name(cpuinfo)
+    elif sys.platform == "darwin":
+        text = _sysctl_text()
+        features, name = features_from_sysctl(text), sysctl_cpu_name(text)
+    else:  # Windows and others: no portable source of ISA flags without extra packages
+        features, name = [], platform.processor() or None
     if arch == "arm64" and "neon" not in features:
         features.append("neon")  # every arm64 CPU has Advanced SIMD
+    return CpuSpec.model_validate(
+        {"arch": arch, "cores": available_cores(), "name": name, "features": features}
+    )
+
+
+def probe_host_profile(targets: dict[str, Target], profile_id: str = "host") -> DeviceProfile:
+    cpu = probe_cpu()
+    memory_mb = total_memory_mb()
     runtimes = installed_runtimes(targets) or [
         RuntimeSupport(target="onnxruntime", devices=["CPUExecutionProvider"])
     ]
     return DeviceProfile.model_validate(
         {
             "id": profile_id,
-            "name": f"This machine ({platform.node() or 'host'})",
-            "source": "probed by edgeport from /proc/cpuinfo and psutil",
-            "cpu": CpuSpec.model_validate(
-                {
-                    "arch": arch,
-                    "cores": available_cores(),
-                    "name": cpu_model_name(cpuinfo),
-                    "features": features,
-                }
-            ),
-            "memory_mb": total_memory_mb(),
+            "name": f"{cpu.name or cpu.arch} with {memory_mb / 1024:.0f} GB",
+            "source": f"probed by edgeport {__version__} on {platform.system() or 'an unknown OS'} "
+            "(CPU flags, total memory, devices the installed runtimes report)",
+            "cpu": cpu,
+            "memory_mb": memory_mb,
             "runtimes": runtimes,
         }
     )

@@ -66,10 +66,10 @@ def test_candidates_that_do_not_fit_memory_are_dropped_with_numbers() -> None:
 
 def test_missing_extra_is_dropped_with_install_command() -> None:
     result = _plan("x86-64-avx512-vnni", targets=frozenset({"onnxruntime"}))
-    for dropped in result.dropped:
-        if dropped.target_id == "openvino":
-            assert dropped.code == "extra"
-            assert "edgeport[openvino]" in dropped.reason
+    assert all(c.target.id == "onnxruntime" for c in result.candidates)
+    extra = [d for d in result.dropped if d.code == "extra"]
+    assert extra and all(d.target_id == "openvino" for d in extra)
+    assert all("edgeport[openvino]" in d.reason for d in extra)
 
 
 def test_objective_size_puts_smallest_first() -> None:
