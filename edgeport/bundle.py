@@ -20,6 +20,8 @@ from edgeport.schemas import FileEntry, Manifest
 MANIFEST = "manifest.json"
 REPORT = "report.md"
 RUNNER = "run.py"
+VERIFIER = "verify.py"
+VERIFIER_TEMPLATE = "verify_bundle.py"
 REQUIREMENTS = "requirements.txt"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -34,12 +35,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-profiles_app = typer.Typer(help="Device profiles: list, show.", no_args_is_help=True)
+profiles_app = typer.Typer(
+    help="Device profiles: list, show, validate, detect, schema.", no_args_is_help=True
+)
 recipes_app = typer.Typer(help="Conversion recipes: list, show.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(recipes_app, name="recipes")
 
-err = Console(stderr=True, highlight=False)
+# Logs in CI are not terminals; rich would wrap them at 80 columns.
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 # Shared option aliases, as in huggingface_hub's CLI.
 ModelArg = Annotated[str, typer.Argument(help="Hub model id (org/name) or a local model folder.")]
@@ -56,9 +60,14 @@ RecipesDirOpt = Annotated[
     list[Path] | None, typer.Option("--recipes-dir", help="Extra folder of recipe YAML files.")
 ]
 TrustOpt = Annotated[bool, typer.Option(help="Allow code from the model repository to run.")]
-PickleOpt = Annotated[bool, typer.Option(help="Allow pickle (*.bin) weights when no safetensors exist.")]
+PickleOpt = Annotated[
+    bool, typer.Option(help="Allow pickle (*.bin) weights when no safetensors exist.")
+]
 ObjectiveOpt = Annotated[
-    str, typer.Option(help="What the winner minimises among passing candidates: latency, size, accuracy.")
+    str,
+    typer.Option(
+        help="What the winner minimises among passing candidates: latency, size, accuracy."
+    ),
 ]
 
 
@@ -94,7 +103,8 @@ def convert(
     revision: RevisionOpt = None,
     task: TaskOpt = None,
     samples: Annotated[
-        Path | None, typer.Option(help="Your own inputs: .txt (one per line) or .jsonl with 'text'.")
+        Path | None,
+        typer.Option(help="Your own inputs: .txt (one per line) or .jsonl with 'text'."),
     ] = None,
     recipe: Annotated[
         list[str] | None, typer.Option("--recipe", "-r", help="Only consider these recipes.")
@@ -112,9 +122,11 @@ def convert(
     json_output: JsonOpt = False,
     profiles_dir: ProfilesDirOpt = None,
     recipes_dir: RecipesDirOpt = None,
+    archive: ArchiveOpt = False,
 ) -> None:
     """Convert MODEL for a device: plan, export, quantise, validate, and write a bundle."""
-    from edgeport.pipeline import ConvertRequest, convert as run_convert
+    from edgeport.pipeline import ConvertRequest
+    from edgeport.pipeline import convert as run_convert
 
     request = ConvertRequest(
         model=model,
@@ -134,8 +146,9 @@ def convert(
     )
     result = run_convert(request, ConsoleProgress())
     _print_result(result, request)
+    packed = _archive_bundle(result.bundle) if archive and result.bundle else {}
     if json_output:
-        _emit_json(result_json(result))
+        _emit_json({**result_json(result), **packed})
     if result.verdict == "failed":
         raise typer.Exit(3)
 
@@ -151,7 +164,9 @@ def result_json(result: ConversionResult) -> dict[str, Any]:
         "profile": result.plan.profile.id,
         "recipe": chosen.recipe_id if chosen else None,
         "target": chosen.target_id if chosen else None,
-        "metrics": {m.name: m.value for m in chosen.validation.metrics} if chosen and chosen.validation else {},
+        "metrics": {m.name: m.value for m in chosen.validation.metrics}
+        if chosen and chosen.validation
+        else {},
         "latency_ratio_vs_fp32": chosen.latency_ratio if chosen else None,
         "attempts": [
             {
@@ -181,9 +196,112 @@ def _print_result(result: ConversionResult, request: ConvertRequest) -> None:
             " (pass --accept-degraded to ship the closest one anyway)"
         )
     elif result.verdict == "degraded":
-        err.print(f"[bold yellow]shipped a degraded model[/] to {result.bundle} (--accept-degraded)")
+        err.print(
+            f"[bold yellow]shipped a degraded model[/] to {result.bundle} (--accept-degraded)"
+        )
     else:
         err.print(f"[bold green]bundle ready[/]: {result.bundle}")
+
+
+ArchiveOpt = Annotated[
+    bool, typer.Option("--archive", help="Also write BUNDLE.tar.gz, byte-for-byte reproducible.")
+]
+
+
+def _archive_bundle(bundle: Path) -> dict[str, Any]:
+    from edgeport.archive import pack
+
+    info = pack(bundle)
+    err.print(f"archive: {escape(str(info.path))} (sha256 {info.sha256})")
+    return {"archive": str(info.path), "archive_sha256": info.sha256}
+
+
+@app.command("verify")
+def verify_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz archive.")],
+    runs: Annotated[int, typer.Option(help="Timed runs for the latency figure (0: skip).")] = 5,
+    threads: Annotated[
+        int | None, typer.Option(help="Intra-op threads (default: the manifest's).")
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Check a bundle: every file's sha256, golden outputs under the stored tolerance, latency."""
+    from edgeport.verify import summary_line, verify
+
+    result = verify(bundle, runs=runs, threads=threads)
+    line = summary_line(result)
+    err.print(line, markup=False, soft_wrap=True, style="green" if result["passed"] else "red")
+    if json_output:
+        _emit_json(result)
+    if result["exit_code"]:
+        raise typer.Exit(int(result["exit_code"]))
+
+
+@app.command("pack")
+def pack_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Archive path (default: BUNDLE.tar.gz).")
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Write a reproducible .tar.gz of a bundle (checked against its manifest first)."""
+    from edgeport.archive import pack
+
+    if not bundle.is_dir():
+        raise typer.BadParameter(f"{bundle} is not a folder", param_hint="BUNDLE")
+    info = pack(bundle, out)
+    err.print(f"archive: {escape(str(info.path))} (sha256 {info.sha256})")
+    if json_output:
+        _emit_json({"archive": str(info.path), "sha256": info.sha256, "bytes": info.bytes})
+
+
+@app.command("unpack")
+def unpack_command(
+    archive: Annotated[Path, typer.Argument(help="Bundle archive (.tar.gz).")],
+    dest: Annotated[Path, typer.Argument(help="Folder to create.")],
+    force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Unpack a bundle archive, refusing entries that would escape DEST (links, '..', devices)."""
+    from edgeport.archive import unpack
+
+    err.print(f"unpacked to {escape(str(unpack(archive, dest, force=force)))}")
+
+
+@app.command("build")
+def build_command(
+    build_file: Annotated[Path, typer.Argument(help="YAML build file: models x profiles.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Override the file's `out` folder.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace existing bundle folders.")] = False,
+    json_output: JsonOpt = False,
+    profiles_dir: ProfilesDirOpt = None,
+    recipes_dir: RecipesDirOpt = None,
+) -> None:
+    """Convert every model x profile pair of BUILD_FILE (for CI); index.json lists the results."""
+    from edgeport.build import build_exit_code, load_build_file, run_build
+
+    build = load_build_file(build_file)
+    if out is not None:
+        build = build.model_copy(update={"out": out})
+    records, index = run_build(
+        build, catalog=_catalog(profiles_dir, recipes_dir), progress=ConsoleProgress(), force=force
+    )
+    failed = [r for r in records if r["exit_code"] != 0]
+    shipped = len(records) - len(failed)
+    err.print(f"{shipped}/{len(records)} pairs shipped; index: {escape(str(index))}")
+    for record in failed:
+        err.print(
+            f"[red]failed[/]: {escape(record['model'])} on {escape(record['profile'])}: "
+            f"{escape(str(record['error']))}",
+            soft_wrap=True,
+        )
+    if json_output:
+        _emit_json({"index": str(index), "pairs": records})
+    code = build_exit_code(records)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("plan")
@@ -203,9 +321,14 @@ def plan_command(
     from edgeport.pipeline import ConvertRequest, explain_empty_plan, make_plan
 
     request = ConvertRequest(
-        model=model, profile=profile, revision=revision, task=task,
-        objective=_check_objective(objective), trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle, catalog=_catalog(profiles_dir, recipes_dir),
+        model=model,
+        profile=profile,
+        revision=revision,
+        task=task,
+        objective=_check_objective(objective),
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        catalog=_catalog(profiles_dir, recipes_dir),
     )
     result = make_plan(request, ConsoleProgress())
     if json_output:
@@ -274,8 +397,13 @@ def profiles_list(profiles_dir: ProfilesDirOpt = None, json_output: JsonOpt = Fa
         table.add_column(column)
     for p in sorted(catalog.profiles.values(), key=lambda p: p.id):
         table.add_row(
-            p.id, p.name, p.cpu.arch, str(p.cpu.cores), f"{p.memory_mb:,}",
-            " ".join(p.cpu.features), ", ".join(r.target for r in p.runtimes),
+            p.id,
+            p.name,
+            p.cpu.arch,
+            str(p.cpu.cores),
+            f"{p.memory_mb:,}",
+            " ".join(p.cpu.features),
+            ", ".join(r.target for r in p.runtimes),
         )
     table.add_row("host", "this machine, probed at run time", "", "", "", "", "")
     err.print(table)
@@ -287,7 +415,71 @@ def profiles_show(profile_id: str, profiles_dir: ProfilesDirOpt = None) -> None:
     import yaml
 
     profile = _catalog(profiles_dir).profile(profile_id)
-    sys.stdout.write(yaml.safe_dump(profile.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    data = profile.model_dump(mode="json", exclude_none=True)
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+
+
+@profiles_app.command("validate")
+def profiles_validate(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Profile YAML files, or folders of them.", show_default=False),
+    ],
+    json_output: JsonOpt = False,
+) -> None:
+    """Check profile files as a pull request's CI does: one line per problem, exit 2 if any."""
+    from edgeport.catalog import load_targets
+    from edgeport.profile_tools import validate_profile_files
+
+    outcome = validate_profile_files(paths, load_targets())
+    if json_output:
+        files = [str(path) for path in outcome.files]
+        _emit_json({"ok": outcome.ok, "files": files, "problems": outcome.problems})
+    for line in outcome.problems:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+    err.print(outcome.summary(), markup=False, highlight=False, soft_wrap=True)
+    if not outcome.ok:
+        raise typer.Exit(2)
+
+
+@profiles_app.command("schema")
+def profiles_schema(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the JSON Schema to this file.")
+    ] = None,
+) -> None:
+    """Print the JSON Schema of profile files (for editors), or write it with --out."""
+    from edgeport.profile_tools import render_json_schema
+
+    text = render_json_schema()
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.write_text(text, encoding="utf-8")
+    err.print(f"wrote {out}", markup=False, highlight=False)
+
+
+@profiles_app.command("detect")
+def profiles_detect(
+    profile_id: Annotated[
+        str | None,
+        typer.Option("--id", help="Write this id; by default the id is the saved file's name."),
+    ] = None,
+) -> None:
+    """Probe this machine and print a profile YAML to save, edit and validate."""
+    from edgeport.catalog import load_targets
+    from edgeport.errors import BadInputError
+    from edgeport.host import probe_host_profile
+    from edgeport.profile_tools import detected_profile_yaml
+    from edgeport.schemas import SLUG_PATTERN
+
+    if profile_id is not None and not re.fullmatch(SLUG_PATTERN, profile_id):
+        raise BadInputError(
+            f"--id {profile_id!r}: use lowercase letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    profile = probe_host_profile(load_targets(), profile_id or "my-board")
+    sys.stdout.write(detected_profile_yaml(profile, write_id=profile_id is not None))
 
 
 @recipes_app.command("list")
@@ -311,7 +503,9 @@ def recipes_show(recipe_id: str, recipes_dir: RecipesDirOpt = None) -> None:
     import yaml
 
     recipe = _catalog(None, recipes_dir).recipe(recipe_id)
-    sys.stdout.write(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    sys.stdout.write(
+        yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    )
 
 
 def _version_callback(value: bool) -> None:
@@ -323,9 +517,14 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version.")
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version."
+        ),
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details to stderr.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log details to stderr.")
+    ] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
 
@@ -351,11 +550,12 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except Exception as exc:  # the last line of defence: one line, exit 1
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        # Typer 0.29 vendors click: its usage errors are not click's own classes.
+        show = getattr(exc, "show", None)
+        exit_code = getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
         if debug:
             raise
         err.print(

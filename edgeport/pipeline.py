@@ -23,6 +23,8 @@ from edgeport.bundle import (
     REPORT,
     REQUIREMENTS,
     RUNNER,
+    VERIFIER,
+    VERIFIER_TEMPLATE,
     BundleWriter,
     check_destination,
     runner_source,
@@ -53,7 +55,10 @@ log = logging.getLogger("edgeport")
 VALIDATION_BATCH = 16
 BENCH_BATCH = 32
 BASELINE_KEY = "onnxruntime-fp32-baseline"
-RUNNER_TEMPLATES = {("onnxruntime", "encoder"): "onnxruntime_encoder.py"}
+RUNNER_TEMPLATES = {
+    ("onnxruntime", "encoder"): "onnxruntime_encoder.py",
+    ("openvino", "encoder"): "openvino_encoder.py",
+}
 _VERSION_PACKAGES = (
     "torch",
     "transformers",
@@ -103,6 +108,9 @@ class ConvertRequest:
     profiles_dirs: tuple[Path, ...] = ()
     recipes_dirs: tuple[Path, ...] = ()
     catalog: Catalog | None = field(default=None, compare=False)
+    # Reuse fp32 exports across convert calls (edgeport build): a folder keyed by model,
+    # commit, target and task; None exports afresh into the temporary work folder.
+    export_cache: Path | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -166,7 +174,9 @@ class CandidateEvaluator:
         workdir: Path,
         trust_remote_code: bool,
         progress: Progress,
+        export_cache: Path | None = None,
     ) -> None:
+        self.export_cache = export_cache
         self.info = info
         self.evaluation = evaluation
         self.calibration = calibration
@@ -181,9 +191,12 @@ class CandidateEvaluator:
     def export(self, target_id: str) -> ExportedModel:
         if target_id not in self._exports:
             self.progress.info(f"exporting to {target_id} (fp32)")
-            backend = get_backend(target_id)
-            self._exports[target_id] = backend.export(
-                self.info, self.workdir / target_id, trust_remote_code=self.trust_remote_code
+            self._exports[target_id] = _export(
+                target_id,
+                self.info,
+                self.workdir / target_id,
+                self.trust_remote_code,
+                self.export_cache,
             )
         return self._exports[target_id]
 
@@ -340,8 +353,12 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             info, workdir, trust_remote_code=request.trust_remote_code
         )
         progress.stage("Loading the original model (PyTorch) for reference outputs")
-        evaluator_export = get_backend("onnxruntime").export(
-            info, workdir / "onnxruntime", trust_remote_code=request.trust_remote_code
+        evaluator_export = _export(
+            "onnxruntime",
+            info,
+            workdir / "onnxruntime",
+            request.trust_remote_code,
+            request.export_cache,
         )
         encoder = TextEncoder(tokenizer_dir, info.max_length, evaluator_export.input_names)
         reference = ReferenceModel(info, trust_remote_code=request.trust_remote_code)
@@ -361,6 +378,7 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             workdir,
             request.trust_remote_code,
             progress,
+            request.export_cache,
         )
         evaluator._exports["onnxruntime"] = evaluator_export
         progress.stage("Measuring the ONNX Runtime fp32 baseline")
@@ -434,6 +452,8 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             versions,
             report_text,
             threads,
+            evaluation,
+            samples.validation,
         )
     return ConversionResult(
         bundle=bundle_path,
@@ -443,6 +463,16 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
         attempts=attempts,
         plan=the_plan,
     )
+
+
+def _export(
+    target_id: str, info: ModelInfo, workdir: Path, trust_remote_code: bool, cache: Path | None
+) -> ExportedModel:
+    if cache is None:
+        return get_backend(target_id).export(info, workdir, trust_remote_code=trust_remote_code)
+    from edgeport.build import cached_export
+
+    return cached_export(target_id, info, workdir, trust_remote_code=trust_remote_code, cache=cache)
 
 
 def _attempt_line(attempt: Attempt) -> str:
@@ -481,9 +511,13 @@ def write_bundle(
     versions: dict[str, str],
     report_text: str,
     threads: int,
+    evaluation: Evaluation | None = None,
+    validation_texts: Sequence[str] = (),
 ) -> Path:
     from tokenizers import Tokenizer
 
+    from edgeport.archive import reproducibility
+    from edgeport.golden import write_golden
     from edgeport.text_inputs import pad_token_id
 
     info, profile = the_plan.model, the_plan.profile
@@ -499,6 +533,18 @@ def write_bundle(
         for path in tokenizer_files(tokenizer_dir):
             writer.copy(path)
         writer.write_text(RUNNER, runner_source(template))
+        writer.write_text(VERIFIER, runner_source(VERIFIER_TEMPLATE))
+        golden = None
+        if evaluation is not None:
+            golden = write_golden(
+                writer.root,
+                info,
+                evaluation,
+                validation_texts,
+                candidate.recipe.tolerance,
+                artifact.input_names,
+                artifact.output_names,
+            )
         writer.write_text(REQUIREMENTS, _requirements(candidate, versions))
         writer.write_text(REPORT, report_text)
         tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
@@ -519,6 +565,7 @@ def write_bundle(
             labels=_labels(info),
         )
         metrics = {m.name: m.value for m in chosen.validation.metrics} if chosen.validation else {}
+        entries = writer.file_entries()
         if chosen.latency_ratio is not None:
             metrics["latency_ratio_vs_fp32"] = chosen.latency_ratio
         manifest = Manifest(
@@ -541,8 +588,10 @@ def write_bundle(
             tolerance=candidate.recipe.tolerance,
             excluded_nodes=chosen.excluded_nodes,
             attempts=attempts,
-            files=writer.file_entries(),
+            files=entries,
             notes=list(chosen.validation.notes) if chosen.validation else [],
+            golden=golden,
+            reproducibility=reproducibility(entries),
         )
         writer.write_manifest(manifest)
         return writer.commit()

@@ -202,6 +202,16 @@ class Quantization(StrictModel):
     group_size: PositiveInt | None = Field(default=None, description="Weight-only block size.")
     ratio: float | None = Field(default=None, gt=0, le=1, description="Share of int4 layers.")
     keep_io_float: bool = Field(default=True, description="fp16: keep inputs/outputs fp32.")
+    all_layers: bool | None = Field(
+        default=None,
+        description="Weight-only (NNCF): also compress embeddings and the last layer to int4.",
+    )
+    ignored_patterns: list[str] = Field(
+        default_factory=list, description="Regexes of node names to leave unquantised (NNCF)."
+    )
+    smooth_quant_alpha: float | None = Field(
+        default=None, ge=-1, le=1, description="int8-static (NNCF): SmoothQuant alpha; -1 off."
+    )
 
     @property
     def precision(self) -> Precision:
@@ -430,6 +440,39 @@ class RuntimeSpec(StrictModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class GoldenSpec(StrictModel):
+    """Golden inputs and reference outputs shipped in the bundle (golden.npz), for verify.py."""
+
+    file: str = "golden.npz"
+    texts: list[str]
+    tokens: list[int] = Field(description="Token count of each text (no padding).")
+    input_names: list[str]
+    output_names: list[str]
+    thresholds: dict[str, float] = Field(
+        description="Task metric -> minimum: the tolerance validation gated on, defaults filled in."
+    )
+    reference: str = "outputs of the original PyTorch model on the build host"
+
+
+class VolatileFile(StrictModel):
+    path: str
+    fields: list[str] = Field(
+        default_factory=list, description="JSON paths that vary; empty: the whole file."
+    )
+    why: str
+
+
+class Reproducibility(StrictModel):
+    """What two conversions of the same model, commit and recipe share, and what differs."""
+
+    content_sha256: str = Field(
+        description="sha256 over the 'path sha256' lines of every file not listed as volatile."
+    )
+    stable_files: list[str]
+    volatile: list[VolatileFile]
+    notes: list[str] = Field(default_factory=list)
+
+
 class Manifest(StrictModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
@@ -448,6 +491,8 @@ class Manifest(StrictModel):
     attempts: list[Attempt]
     files: list[FileEntry]
     notes: list[str] = Field(default_factory=list)
+    golden: GoldenSpec | None = None
+    reproducibility: Reproducibility | None = None
 
 
 class ConversionResult(StrictModel):

@@ -44,17 +44,14 @@ def tiny_bundle(
 def test_convert_writes_a_complete_bundle(tiny_bundle: tuple[Path, dict[str, object]]) -> None:
     out, payload = tiny_bundle
     names = {p.name for p in out.iterdir()}
-    assert {
-        "model.onnx",
-        "tokenizer.json",
-        "manifest.json",
-        "report.md",
-        "run.py",
-        "requirements.txt",
-    } <= names
+    manifest = json.loads((out / "manifest.json").read_text())
+    model_file = manifest["runtime"]["model_file"]
+    assert model_file in {"model.onnx", "openvino_model.xml"}
+    assert {model_file, "tokenizer.json", "manifest.json", "report.md", "run.py"} <= names
+    assert {"requirements.txt", "verify.py", "golden.npz"} <= names
     assert payload["verdict"] == "passed"
     assert payload["bundle"] == str(out)
-    assert payload["recipe"] in {"onnx-int8-dynamic", "onnx-fp32"}
+    assert payload["recipe"] == manifest["recipe"]["id"]
     assert payload["metrics"]["embedding_cosine_min"] >= 0.99  # type: ignore[index]
     # No temporary folder is left beside the bundle.
     assert [p.name for p in out.parent.iterdir()] == ["tiny"]

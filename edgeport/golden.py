@@ -1,0 +1,121 @@
+"""Golden data: a few validation inputs and the original model's outputs, shipped in the bundle.
+
+The bundle's verify.py replays them on the device with only the runtime and numpy (the
+inputs are stored as token ids) and compares the task metric with the same formula and
+tolerance as validation. The file is written byte-for-byte deterministically (fixed zip
+timestamps, sorted names) so that two conversions of the same model give the same hash.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgeport.runners.verify_bundle import GOLDEN_FILE, golden_keys
+from edgeport.schemas import GoldenSpec, Tolerance
+from edgeport.validate import DEFAULT_TOLERANCE
+
+if TYPE_CHECKING:
+    from edgeport.schemas import ModelInfo
+    from edgeport.validate import Evaluation
+
+GOLDEN_SAMPLES = 6
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+# task -> (metric name as verify.py reports it, Tolerance field that gates it)
+TASK_THRESHOLDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "feature-extraction": (
+        ("embedding_cosine_min", "embedding_cosine_min"),
+        ("embedding_cosine_mean", "embedding_cosine_mean_min"),
+    ),
+    "text-classification": (("top1_agreement", "top1_agreement_min"),),
+    "token-classification": (("top1_agreement", "top1_agreement_min"),),
+    "fill-mask": (("top1_agreement", "top1_agreement_min"),),
+}
+# Thresholds that validation applies even when the recipe sets none (validate.DEFAULT_TOLERANCE).
+_ALWAYS_GATED = {"embedding_cosine_min", "top1_agreement_min"}
+
+
+def thresholds(task: str, tolerance: Tolerance) -> dict[str, float]:
+    """The thresholds validation gated on for this task, defaults filled in as it does."""
+    result: dict[str, float] = {}
+    for metric, field in TASK_THRESHOLDS.get(task, ()):
+        value = getattr(tolerance, field)
+        if value is None and field in _ALWAYS_GATED:
+            value = getattr(DEFAULT_TOLERANCE, field)
+        if value is not None:
+            result[metric] = float(value)
+    return result
+
+
+def pick(lengths: Sequence[int], count: int = GOLDEN_SAMPLES) -> list[int]:
+    """Indices of `count` samples spread over the token lengths: shortest and longest included."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    if len(order) <= count:
+        return sorted(order)
+    if count == 1:
+        return [order[-1]]
+    chosen = {order[round(k * (len(order) - 1) / (count - 1))] for k in range(count)}
+    return sorted(chosen)
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """np.savez_compressed with fixed timestamps and sorted names: same arrays, same bytes."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(
+                buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False
+            )
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(
+                info, buffer.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=9
+            )
+
+
+def write_golden(
+    folder: Path,
+    model: ModelInfo,
+    evaluation: Evaluation,
+    texts: Sequence[str],
+    tolerance: Tolerance,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    count: int = GOLDEN_SAMPLES,
+) -> GoldenSpec | None:
+    """Write golden.npz into `folder`; None when the task has no on-device check yet.
+
+    `evaluation.batches[:len(texts)]` must be the texts one at a time (pipeline's
+    build_evaluation puts them first), so each golden input has no padding.
+    """
+    gates = thresholds(model.task, tolerance)
+    if not gates or not texts:
+        return None
+    singles = evaluation.batches[: len(texts)]
+    lengths = [int(batch["input_ids"].shape[-1]) for batch in singles]
+    chosen = pick(lengths, count)
+    arrays: dict[str, np.ndarray] = {}
+    for slot, index in enumerate(chosen):
+        for name in input_names:
+            arrays[golden_keys(slot, name, "input")] = np.asarray(
+                singles[index][name], dtype=np.int64
+            )
+        for name in output_names:
+            reference = evaluation.reference[index][name]
+            arrays[golden_keys(slot, name, "output")] = np.asarray(reference, dtype=np.float32)
+    write_npz(folder / GOLDEN_FILE, arrays)
+    return GoldenSpec(
+        file=GOLDEN_FILE,
+        texts=[texts[i] for i in chosen],
+        tokens=[lengths[i] for i in chosen],
+        input_names=list(input_names),
+        output_names=list(output_names),
+        thresholds=gates,
+        reference="outputs of the original PyTorch model on the build host",
+    )

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Run this bundle's encoder on the device with OpenVINO and numpy only.
+
+    python run.py "some text" "another text"      # JSON embeddings (or labels) on stdout
+    echo "some text" | python run.py -            # texts from stdin, one per line
+    python run.py --device CPU "some text"        # override the device from manifest.json
+
+Texts are tokenised by openvino_tokenizer.xml (openvino-tokenizers) when the bundle has
+it, else by tokenizer.json (tokenizers). Written by edgeport; settings come from
+manifest.json beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+HERE = Path(__file__).resolve().parent
+TOKENIZER_IR = "openvino_tokenizer.xml"
+Tokenize = Callable[[list[str]], dict[str, np.ndarray]]
+
+
+def load_manifest() -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+    return manifest
+
+
+def make_tokenizer(spec: dict[str, Any]) -> Tokenize:
+    if (HERE / TOKENIZER_IR).is_file():
+        import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations)
+
+        # Only Cores created after that import know the tokenizer operations.
+        compiled = ov.Core().compile_model(str(HERE / TOKENIZER_IR), "CPU")
+
+        def tokenize_ir(texts: list[str]) -> dict[str, np.ndarray]:
+            result = compiled(texts)
+            return {
+                port.get_any_name(): np.asarray(result[port], dtype=np.int64)
+                for port in compiled.outputs
+            }
+
+        return tokenize_ir
+
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=spec["max_length"])
+    tokenizer.enable_padding(pad_id=spec.get("pad_token_id", 0))
+
+    def tokenize_json(texts: list[str]) -> dict[str, np.ndarray]:
+        encodings = tokenizer.encode_batch(texts)
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+
+    return tokenize_json
+
+
+def pick_device(core: ov.Core, spec: dict[str, Any], wanted: str | None) -> str:
+    if wanted:
+        return wanted
+    available = set(core.available_devices)
+    for device in spec.get("providers") or [spec["device"]]:
+        if device in available or device.split(".")[0] in available:
+            return str(device)
+    return "CPU"
+
+
+def make_model(core: ov.Core, spec: dict[str, Any], device: str, threads: int | None) -> Any:
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if device == "CPU":
+        # The precision edgeport validated with (CPUs with AMX would otherwise pick bf16).
+        config.update(
+            {
+                "INFERENCE_NUM_THREADS": threads or spec["threads"],
+                "NUM_STREAMS": 1,
+                "INFERENCE_PRECISION_HINT": "f32",
+            }
+        )
+    return core.compile_model(str(HERE / spec["model_file"]), device, config)
+
+
+def encode(tokenize: Tokenize, texts: list[str], input_names: list[str]) -> dict[str, np.ndarray]:
+    feeds = tokenize(texts)
+    if "token_type_ids" not in feeds:
+        feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+    return {name: feeds[name] for name in input_names}
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
+    hidden = hidden.astype(np.float64)
+    weights = mask[..., None].astype(np.float64)
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    elif mode == "max":
+        pooled = np.where(weights > 0, hidden, -np.inf).max(axis=1)
+    else:
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    if normalize:
+        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12, None)
+    return pooled.astype(np.float32)
+
+
+def predict(model: Any, tokenize: Tokenize, spec: dict[str, Any], texts: list[str]) -> list[Any]:
+    feeds = encode(tokenize, texts, spec["input_names"])
+    output = np.asarray(model(feeds)[model.outputs[0]])
+    if spec["task"] == "feature-extraction":
+        pooled = pool(
+            output, feeds["attention_mask"], spec["pooling"], spec["normalize_embeddings"]
+        )
+        embeddings: list[Any] = pooled.tolist()
+        return embeddings
+    labels = spec.get("labels") or {}
+    if spec["task"] == "text-classification":
+        return [labels.get(str(i), str(i)) for i in output.argmax(axis=-1).tolist()]
+    mask = feeds["attention_mask"].astype(bool)
+    return [
+        [labels.get(str(i), str(i)) for i in row[m].tolist()]
+        for row, m in zip(output.argmax(-1), mask, strict=True)
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("texts", nargs="*", help="texts to run; '-' reads stdin")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default=None, help="OpenVINO device (CPU, GPU, NPU)")
+    args = parser.parse_args()
+    texts = args.texts
+    if texts == ["-"] or not texts:
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        parser.error("give at least one text")
+    spec = load_manifest()["runtime"]
+    core = ov.Core()
+    device = pick_device(core, spec, args.device)
+    model = make_model(core, spec, device, args.threads)
+    results = predict(model, make_tokenizer(spec), spec, texts)
+    json.dump(
+        {"model": spec["model_file"], "task": spec["task"], "device": device, "results": results},
+        sys.stdout,
+    )
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
