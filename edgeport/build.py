@@ -61,7 +61,10 @@ class BuildFile(_Strict):
     out: Path = Field(
         default=Path("bundles"), description="Folder for bundles, archives, index.json."
     )
-    objective: Literal["latency", "size", "accuracy"] = "latency"
+    objective: Literal["latency", "size", "accuracy"] | None = Field(
+        default=None,
+        description="None: latency for encoders, size for language models (as `convert`).",
+    )
     archive: bool = True
     verify: bool = Field(
         default=True, description="Run every bundle's golden check after writing it."

@@ -64,9 +64,11 @@ PickleOpt = Annotated[
     bool, typer.Option(help="Allow pickle (*.bin) weights when no safetensors exist.")
 ]
 ObjectiveOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
-        help="What the winner minimises among passing candidates: latency, size, accuracy."
+        help="What the winner minimises among passing candidates: latency, size, accuracy. "
+        "Default: latency for encoders, size for language models (decoding on a device is "
+        "bound by memory, which this host's timing of a small model does not show)."
     ),
 ]
 
@@ -89,8 +91,8 @@ def _emit_json(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def _check_objective(objective: str) -> Any:
-    if objective not in {"latency", "size", "accuracy"}:
+def _check_objective(objective: str | None) -> Any:
+    if objective is not None and objective not in {"latency", "size", "accuracy"}:
         raise typer.BadParameter("must be latency, size or accuracy", param_hint="--objective")
     return objective
 
@@ -109,7 +111,7 @@ def convert(
     recipe: Annotated[
         list[str] | None, typer.Option("--recipe", "-r", help="Only consider these recipes.")
     ] = None,
-    objective: ObjectiveOpt = "latency",
+    objective: ObjectiveOpt = None,
     search_budget: Annotated[
         float, typer.Option(help="Seconds to spend evaluating candidates once one has passed.")
     ] = 1200.0,
@@ -310,7 +312,7 @@ def plan_command(
     profile: ProfileOpt,
     revision: RevisionOpt = None,
     task: TaskOpt = None,
-    objective: ObjectiveOpt = "latency",
+    objective: ObjectiveOpt = None,
     json_output: JsonOpt = False,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,

@@ -35,9 +35,12 @@ TASK_THRESHOLDS: dict[str, tuple[tuple[str, str], ...]] = {
     "text-classification": (("top1_agreement", "top1_agreement_min"),),
     "token-classification": (("top1_agreement", "top1_agreement_min"),),
     "fill-mask": (("top1_agreement", "top1_agreement_min"),),
+    "text-generation-with-past": (("next_token_agreement", "next_token_agreement_min"),),
 }
 # Thresholds that validation applies even when the recipe sets none (validate.DEFAULT_TOLERANCE).
-_ALWAYS_GATED = {"embedding_cosine_min", "top1_agreement_min"}
+_ALWAYS_GATED = {"embedding_cosine_min", "top1_agreement_min", "next_token_agreement_min"}
+# Language models: the golden output is the reference's next token at every position.
+NEXT_TOKEN = "next_token"
 
 
 def thresholds(task: str, tolerance: Tolerance) -> dict[str, float]:
@@ -118,4 +121,41 @@ def write_golden(
         output_names=list(output_names),
         thresholds=gates,
         reference="outputs of the original PyTorch model on the build host",
+    )
+
+
+def write_decoder_golden(
+    folder: Path, model: ModelInfo, evaluation: Evaluation, tolerance: Tolerance
+) -> GoldenSpec | None:
+    """Language models: every validation window's token ids and the reference's next tokens.
+
+    All windows are kept (a few KB of int32), so verify.py's next-token agreement is the
+    number validation gated on, not a noisier subset of it.
+    """
+    gates = thresholds(model.task, tolerance)
+    if not gates or not evaluation.batches:
+        return None
+    name = evaluation.output_names[0]
+    arrays: dict[str, np.ndarray] = {}
+    lengths = []
+    for slot, (feeds, reference) in enumerate(
+        zip(evaluation.batches, evaluation.reference, strict=True)
+    ):
+        ids = np.asarray(feeds["input_ids"], dtype=np.int64)
+        arrays[golden_keys(slot, "input_ids", "input")] = ids
+        arrays[golden_keys(slot, "attention_mask", "input")] = np.ones_like(ids)
+        arrays[golden_keys(slot, NEXT_TOKEN, "output")] = np.asarray(
+            reference[name].argmax(axis=-1), dtype=np.int64
+        )
+        lengths.append(int(ids.shape[-1]))
+    write_npz(folder / GOLDEN_FILE, arrays)
+    texts = list(evaluation.texts) or [""] * len(lengths)
+    return GoldenSpec(
+        file=GOLDEN_FILE,
+        texts=texts,
+        tokens=lengths,
+        input_names=["input_ids", "attention_mask"],
+        output_names=[NEXT_TOKEN],
+        thresholds=gates,
+        reference="next tokens (argmax) of the original PyTorch model on the build host",
     )

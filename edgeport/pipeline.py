@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Protocol
 
 from edgeport import __version__
-from edgeport.backends import Artifact, ExportedModel, Feeds, get_backend, host_targets
+from edgeport.backends import (
+    Artifact,
+    ExportedModel,
+    Feeds,
+    InferenceSession,
+    get_backend,
+    host_targets,
+)
 from edgeport.bundle import (
     REPORT,
     REQUIREMENTS,
@@ -35,8 +42,8 @@ from edgeport.host import available_cores
 from edgeport.hub import resolve
 from edgeport.model_info import inspect_model
 from edgeport.planner import Objective, plan
-from edgeport.report import render_report
-from edgeport.samples import SampleSet, load_samples
+from edgeport.report import render_report, tradeoff_axes
+from edgeport.samples import load_samples
 from edgeport.schemas import (
     Attempt,
     Candidate,
@@ -47,18 +54,15 @@ from edgeport.schemas import (
     Plan,
     RuntimeSpec,
 )
-from edgeport.text_inputs import TextEncoder, prepare_tokenizer, tokenizer_files
-from edgeport.validate import Evaluation, ReferenceModel, compare, primary_metric, run_batches
+from edgeport.text_inputs import prepare_tokenizer, tokenizer_files
+from edgeport.tradeoff_plot import render_tradeoff_svg
+from edgeport.validate import Evaluation, ReferenceModel, primary_metric
+from edgeport.workloads import BenchWorkload, Workload, workload_for
 
 log = logging.getLogger("edgeport")
+TRADEOFF_IMAGE = "tradeoff.svg"
 
-VALIDATION_BATCH = 16
-BENCH_BATCH = 32
 BASELINE_KEY = "onnxruntime-fp32-baseline"
-RUNNER_TEMPLATES = {
-    ("onnxruntime", "encoder"): "onnxruntime_encoder.py",
-    ("openvino", "encoder"): "openvino_encoder.py",
-}
 _VERSION_PACKAGES = (
     "torch",
     "transformers",
@@ -99,7 +103,8 @@ class ConvertRequest:
     task: str | None = None
     samples: Path | None = None
     recipes: frozenset[str] | None = None
-    objective: Objective = "latency"
+    # None: the model family's default (workloads.py): latency for encoders, size for LMs.
+    objective: Objective | None = None
     search_budget_s: float = 1200.0
     accept_degraded: bool = False
     trust_remote_code: bool = False
@@ -148,9 +153,13 @@ def make_plan(request: ConvertRequest, progress: Progress) -> Plan:
         catalog.recipes.values(),
         catalog.targets,
         host_targets(catalog.targets.values()),
-        objective=request.objective,
+        objective=objective_for(request, info),
         only_recipes=request.recipes,
     )
+
+
+def objective_for(request: ConvertRequest, info: ModelInfo) -> Objective:
+    return request.objective or workload_for(info).default_objective
 
 
 def explain_empty_plan(result: Plan) -> EdgeportError:
@@ -169,24 +178,55 @@ class CandidateEvaluator:
         info: ModelInfo,
         evaluation: Evaluation,
         calibration: Sequence[Feeds],
-        bench_feeds: Feeds,
+        bench: BenchWorkload,
         threads: int,
         workdir: Path,
         trust_remote_code: bool,
         progress: Progress,
         export_cache: Path | None = None,
+        workload: Workload | None = None,
     ) -> None:
         self.export_cache = export_cache
         self.info = info
+        self.workload = workload or workload_for(info)
         self.evaluation = evaluation
         self.calibration = calibration
-        self.bench_feeds = bench_feeds
+        self.bench = bench
         self.threads = threads
         self.workdir = workdir
         self.trust_remote_code = trust_remote_code
         self.progress = progress
         self._exports: dict[str, ExportedModel] = {}
         self.artifacts: dict[str, Artifact] = {}
+        self.candidates: dict[str, Candidate] = {}
+
+    def refine(
+        self, candidate: Candidate, failed: Attempt, baseline: Measurement, search: Evaluation
+    ) -> list[Attempt]:
+        """Mixed-precision variants of a failed candidate (search.py), when the recipe asks."""
+        key = attempt_key(candidate.recipe.id, failed.variant)
+        if not candidate.recipe.quantize.mixed_precision or key not in self.artifacts:
+            return []
+        from edgeport.search import refine
+
+        def probe(session: InferenceSession) -> float:
+            report = self.workload.validate(self.info, session, search, candidate.recipe.tolerance)
+            return primary_metric(report)
+
+        def evaluate(variant_candidate: Candidate, variant: str) -> Attempt:
+            attempt = self.evaluate(variant_candidate, baseline, variant)
+            self.progress.info(_attempt_line(attempt))
+            return attempt
+
+        return refine(
+            candidate,
+            self.artifacts[key],
+            get_backend(candidate.target.id),
+            probe,
+            self.threads,
+            evaluate,
+            self.progress.info,
+        )
 
     def export(self, target_id: str) -> ExportedModel:
         if target_id not in self._exports:
@@ -210,11 +250,11 @@ class CandidateEvaluator:
             exported.input_names,
             exported.output_names,
         )
-        return _measure(
-            artifact, "onnxruntime", "CPUExecutionProvider", self.threads, self.bench_feeds
-        )
+        return _measure(artifact, "onnxruntime", "CPUExecutionProvider", self.threads, self.bench)
 
-    def evaluate(self, candidate: Candidate, baseline: Measurement | None) -> Attempt:
+    def evaluate(
+        self, candidate: Candidate, baseline: Measurement | None, variant: str = ""
+    ) -> Attempt:
         started = time.monotonic()
         recipe = candidate.recipe
         common = {
@@ -222,6 +262,8 @@ class CandidateEvaluator:
             "target_id": candidate.target.id,
             "device": candidate.device,
             "precision": recipe.precision,
+            "variant": variant,
+            "excluded_nodes": list(recipe.quantize.exclude_nodes),
         }
         try:
             backend = get_backend(candidate.target.id)
@@ -236,12 +278,11 @@ class CandidateEvaluator:
             )
             self.progress.info(f"{recipe.id}: validating against PyTorch")
             session = backend.load(artifact, candidate.device, self.threads)
-            outputs = run_batches(session.run, self.evaluation.batches)
+            report = self.workload.validate(self.info, session, self.evaluation, recipe.tolerance)
             del session
-            report = compare(self.info, self.evaluation, outputs, recipe.tolerance)
             self.progress.info(f"{recipe.id}: measuring latency")
             measurement = _measure(
-                artifact, candidate.target.id, candidate.device, self.threads, self.bench_feeds
+                artifact, candidate.target.id, candidate.device, self.threads, self.bench
             )
         except EdgeportError as exc:
             return Attempt(
@@ -255,7 +296,8 @@ class CandidateEvaluator:
                 duration_s=time.monotonic() - started,
                 **common,
             )
-        self.artifacts[recipe.id] = artifact
+        self.artifacts[attempt_key(recipe.id, variant)] = artifact
+        self.candidates[attempt_key(recipe.id, variant)] = candidate
         notes = list(artifact.notes)
         ratio = measurement.latency_ms / baseline.latency_ms if baseline else None
         return Attempt(
@@ -264,7 +306,6 @@ class CandidateEvaluator:
             validation=report,
             measurement=measurement,
             latency_ratio=round(ratio, 4) if ratio is not None else None,
-            excluded_nodes=list(artifact.excluded_nodes),
             duration_s=round(time.monotonic() - started, 2),
             artifact_dir=artifact.directory,
             **common,
@@ -272,11 +313,43 @@ class CandidateEvaluator:
 
 
 def _measure(
-    artifact: Artifact, target_id: str, device: str, threads: int, feeds: Feeds
+    artifact: Artifact, target_id: str, device: str, threads: int, bench: BenchWorkload
 ) -> Measurement:
     from edgeport.bench import measure
 
-    return measure(artifact, target_id, device, threads, feeds)
+    return measure(artifact, target_id, device, threads, bench.feeds, new_tokens=bench.new_tokens)
+
+
+# A planning estimate must be this much worse than a measured, passing candidate before
+# it is skipped: estimates are rough, measurements are not.
+PRUNE_MARGIN = 1.5
+
+
+def prune_reason(candidate: Candidate, attempts: Sequence[Attempt], objective: Objective) -> str:
+    """Why evaluating `candidate` cannot change the winner, or "" to evaluate it."""
+    passed = [a for a in attempts if a.status == "passed" and a.measurement]
+    if not passed or objective == "accuracy":
+        return ""
+    if objective == "latency":
+        ratios = [a.latency_ratio for a in passed if a.latency_ratio is not None]
+        estimate = 1.0 / candidate.estimated_speedup
+        if ratios and estimate > min(ratios) * PRUNE_MARGIN:
+            return (
+                f"estimated at ~{estimate:.2f}x fp32 latency, cannot beat a passing candidate "
+                f"measured at {min(ratios):.2f}x"
+            )
+        return ""
+    sizes = [a.measurement.model_bytes / 2**20 for a in passed if a.measurement]
+    if candidate.estimated_size_mb > min(sizes) * PRUNE_MARGIN:
+        return (
+            f"estimated at ~{candidate.estimated_size_mb:.0f} MB, cannot beat a passing "
+            f"candidate of {min(sizes):.0f} MB"
+        )
+    return ""
+
+
+def attempt_key(recipe_id: str, variant: str) -> str:
+    return f"{recipe_id}|{variant}"
 
 
 def _latency(attempt: Attempt) -> float:
@@ -308,31 +381,6 @@ def best_failed(attempts: Sequence[Attempt]) -> Attempt | None:
     return max(measured, key=_accuracy) if measured else None
 
 
-def build_evaluation(
-    info: ModelInfo,
-    encoder: TextEncoder,
-    samples: SampleSet,
-    reference: ReferenceModel,
-    output_names: Sequence[str],
-) -> Evaluation:
-    texts = list(samples.validation)
-    # Each text alone and in mixed-length padded batches: dynamic quantisation scales
-    # activations per batch, so a short text beside long ones is judged too.
-    batches = [encoder.encode([text]) for text in texts] + encoder.batches(texts, VALIDATION_BATCH)
-    references = [reference.run(batch, output_names) for batch in batches]
-    return Evaluation(
-        batches=batches,
-        reference=references,
-        output_names=tuple(output_names),
-        calibration_samples=len(samples.calibration),
-        validation_samples=len(texts),
-        notes=(
-            f"validated on {samples.describe()}",
-            f"each text run alone and in padded batches of {VALIDATION_BATCH}",
-        ),
-    )
-
-
 def convert(request: ConvertRequest, progress: Progress | None = None) -> ConversionResult:
     progress = progress or SilentProgress()
     if request.out is not None:
@@ -345,6 +393,8 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
     check_destination(out, force=request.force)
     progress.stage(f"Plan for {profile.id}: " + ", ".join(c.recipe.id for c in the_plan.candidates))
     samples = load_samples(info.family, request.samples)
+    workload = workload_for(info)
+    objective = objective_for(request, info)
     threads = max(1, min(profile.cpu.cores, available_cores()))
 
     with tempfile.TemporaryDirectory(prefix="edgeport-") as tmp:
@@ -360,25 +410,22 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             request.trust_remote_code,
             request.export_cache,
         )
-        encoder = TextEncoder(tokenizer_dir, info.max_length, evaluator_export.input_names)
         reference = ReferenceModel(info, trust_remote_code=request.trust_remote_code)
-        evaluation = build_evaluation(
-            info, encoder, samples, reference, evaluator_export.output_names
-        )
+        prepared = workload.prepare(info, tokenizer_dir, samples, evaluator_export, reference)
         del reference
-        calibration = [encoder.encode([text]) for text in samples.calibration]
-        bench_feeds = encoder.encode(list(samples.validation[:BENCH_BATCH]))
+        evaluation = prepared.evaluation
 
         evaluator = CandidateEvaluator(
             info,
             evaluation,
-            calibration,
-            bench_feeds,
+            prepared.calibration,
+            prepared.bench,
             threads,
             workdir,
             request.trust_remote_code,
             progress,
             request.export_cache,
+            workload,
         )
         evaluator._exports["onnxruntime"] = evaluator_export
         progress.stage("Measuring the ONNX Runtime fp32 baseline")
@@ -401,14 +448,30 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
                     )
                 )
                 continue
+            pruned = prune_reason(candidate, attempts, objective)
+            if pruned:
+                attempts.append(
+                    Attempt(
+                        recipe_id=candidate.recipe.id,
+                        target_id=candidate.target.id,
+                        device=candidate.device,
+                        precision=candidate.recipe.precision,
+                        status="skipped",
+                        detail=pruned,
+                    )
+                )
+                progress.info(f"{candidate.recipe.id}: skipped, {pruned}")
+                continue
             progress.stage(
                 f"[{index}/{len(the_plan.candidates)}] {candidate.recipe.id}: {candidate.reason}"
             )
             attempt = evaluator.evaluate(candidate, baseline)
             attempts.append(attempt)
             progress.info(_attempt_line(attempt))
+            if attempt.status == "failed" and prepared.search is not None:
+                attempts.extend(evaluator.refine(candidate, attempt, baseline, prepared.search))
 
-        chosen = choose(attempts, request.objective)
+        chosen = choose(attempts, objective)
         verdict = "passed"
         if chosen is None:
             if not any(a.status == "failed" for a in attempts):
@@ -420,8 +483,17 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             else:
                 verdict = "failed"
         versions = library_versions()
+        axes = tradeoff_axes(attempts)
+        tradeoff_svg = render_tradeoff_svg(attempts, chosen, *axes) if axes else None
         report_text = render_report(
-            the_plan, attempts, chosen, verdict, versions, samples.describe(), request.objective
+            the_plan,
+            attempts,
+            chosen,
+            verdict,
+            versions,
+            samples.describe(),
+            objective,
+            TRADEOFF_IMAGE if tradeoff_svg and chosen is not None else None,
         )
         if chosen is None:
             report_path = out.with_name(f"{out.name}.report.md")
@@ -436,8 +508,9 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
                 plan=the_plan,
             )
 
-        candidate = next(c for c in the_plan.candidates if c.recipe.id == chosen.recipe_id)
-        artifact = evaluator.artifacts[chosen.recipe_id]
+        # The shipped recipe is the one that ran: with any nodes the search kept in float.
+        candidate = evaluator.candidates[attempt_key(chosen.recipe_id, chosen.variant)]
+        artifact = evaluator.artifacts[attempt_key(chosen.recipe_id, chosen.variant)]
         progress.stage(f"Writing bundle to {out}")
         bundle_path = write_bundle(
             out,
@@ -454,6 +527,7 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             threads,
             evaluation,
             samples.validation,
+            tradeoff_svg,
         )
     return ConversionResult(
         bundle=bundle_path,
@@ -513,15 +587,16 @@ def write_bundle(
     threads: int,
     evaluation: Evaluation | None = None,
     validation_texts: Sequence[str] = (),
+    tradeoff_svg: str | None = None,
 ) -> Path:
     from tokenizers import Tokenizer
 
     from edgeport.archive import reproducibility
-    from edgeport.golden import write_golden
     from edgeport.text_inputs import pad_token_id
 
     info, profile = the_plan.model, the_plan.profile
-    template = RUNNER_TEMPLATES.get((candidate.target.id, info.family))
+    workload = workload_for(info)
+    template = workload.runner_template(candidate.target.id)
     if template is None:
         raise UnsupportedError(
             f"no on-device runner for {candidate.target.id} {info.family} models yet"
@@ -536,7 +611,7 @@ def write_bundle(
         writer.write_text(VERIFIER, runner_source(VERIFIER_TEMPLATE))
         golden = None
         if evaluation is not None:
-            golden = write_golden(
+            golden = workload.write_golden(
                 writer.root,
                 info,
                 evaluation,
@@ -547,6 +622,8 @@ def write_bundle(
             )
         writer.write_text(REQUIREMENTS, _requirements(candidate, versions))
         writer.write_text(REPORT, report_text)
+        if tradeoff_svg:
+            writer.write_text(TRADEOFF_IMAGE, tradeoff_svg)
         tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
         runtime = RuntimeSpec(
             target=candidate.target.id,
@@ -563,11 +640,17 @@ def write_bundle(
             pad_token_id=pad_token_id(tokenizer_dir, tokenizer),
             providers=list(runtime_devices.devices) if runtime_devices else [candidate.device],
             labels=_labels(info),
+            **workload.runtime_extras(info),
         )
         metrics = {m.name: m.value for m in chosen.validation.metrics} if chosen.validation else {}
         entries = writer.file_entries()
         if chosen.latency_ratio is not None:
             metrics["latency_ratio_vs_fp32"] = chosen.latency_ratio
+        measured = chosen.measurement
+        if measured is not None and measured.tokens_per_s is not None:
+            metrics["tokens_per_s"] = round(measured.tokens_per_s, 2)
+        if measured is not None and measured.time_to_first_token_ms is not None:
+            metrics["time_to_first_token_ms"] = round(measured.time_to_first_token_ms, 2)
         manifest = Manifest(
             edgeport_version=__version__,
             model={
@@ -589,7 +672,9 @@ def write_bundle(
             excluded_nodes=chosen.excluded_nodes,
             attempts=attempts,
             files=entries,
-            notes=list(chosen.validation.notes) if chosen.validation else [],
+            # What the recipe did (precision of embeddings, lm_head, kept layers), then
+            # how it was validated.
+            notes=[*artifact.notes, *(chosen.validation.notes if chosen.validation else [])],
             golden=golden,
             reproducibility=reproducibility(entries),
         )

@@ -37,9 +37,8 @@ def attempts_table(attempts: list[Attempt], chosen: Attempt | None) -> list[str]
         metrics = (
             {x.name: x.value for x in attempt.validation.metrics} if attempt.validation else {}
         )
-        name = attempt.recipe_id + (
-            " **(chosen)**" if chosen is not None and attempt is chosen else ""
-        )
+        name = attempt.recipe_id + (f" ({attempt.variant})" if attempt.variant else "")
+        name += " **(chosen)**" if chosen is not None and attempt is chosen else ""
         row = [
             name,
             attempt.target_id,
@@ -63,6 +62,7 @@ def render_report(
     versions: dict[str, str],
     sample_description: str,
     objective: str,
+    tradeoff_image: str | None = None,
 ) -> str:
     model = plan.model
     profile = plan.profile
@@ -87,6 +87,8 @@ def render_report(
             lines.append(f"  - recipe: {candidate.recipe.description}")
     lines += ["", "## Candidates evaluated", ""]
     lines += attempts_table(attempts, chosen)
+    if tradeoff_image:
+        lines += ["", f"![accuracy against latency, chosen candidate circled]({tradeoff_image})"]
     lines += [
         "",
         "Latency is the median of timed runs on the build host (not the device) with the "
@@ -141,3 +143,12 @@ def render_report(
         "",
     ]
     return "\n".join(lines)
+
+
+def tradeoff_axes(attempts: list[Attempt]) -> tuple[str, float | None] | None:
+    """The task metric to plot against latency, and its threshold."""
+    for attempt in attempts:
+        if attempt.validation and attempt.validation.metrics:
+            first = attempt.validation.metrics[0]
+            return first.name, first.threshold
+    return None

@@ -212,6 +212,40 @@ class Quantization(StrictModel):
     smooth_quant_alpha: float | None = Field(
         default=None, ge=-1, le=1, description="int8-static (NNCF): SmoothQuant alpha; -1 off."
     )
+    exclude_nodes: list[str] = Field(
+        default_factory=list,
+        description="Exact names of nodes kept in float (mixed precision); written by the "
+        "sensitivity search and recorded in the manifest.",
+    )
+    mixed_precision: bool = Field(
+        default=False,
+        description="When the fully quantised model misses the tolerance, keep the most "
+        "sensitive nodes in float, one group at a time, until it passes or is no faster "
+        "than float.",
+    )
+    keep_int8_patterns: list[str] = Field(
+        default_factory=list,
+        description="Weight-only int4: regexes (re.search) of weight node names kept at 8 bits, "
+        "such as the most sensitive layer (`layers[./]0[./]`) or every `[./]v_proj[./]`.",
+    )
+    algorithm: Literal["rtn", "gptq"] = Field(
+        default="rtn",
+        description="Weight-only int4: round-to-nearest, or GPTQ on the calibration texts "
+        "(OpenVINO/NNCF).",
+    )
+    int8_group_size: PositiveInt | None = Field(
+        default=None,
+        description="Weight-only (ONNX Runtime MatMulNBits): block size of the 8-bit weights; "
+        "256 when omitted.",
+    )
+    embedding_precision: Literal["fp32", "int8"] = Field(
+        default="int8",
+        description="Weight-only (ONNX Runtime): token embeddings, int8 with one scale per row.",
+    )
+    lm_head_precision: Literal["fp32", "int8", "int4"] = Field(
+        default="int8",
+        description="Weight-only (ONNX Runtime): the output projection to the vocabulary.",
+    )
 
     @property
     def precision(self) -> Precision:
@@ -386,13 +420,21 @@ class ValidationReport(StrictModel):
 
 
 class Measurement(StrictModel):
-    latency_ms: float = Field(description="Median latency of one batch.")
+    latency_ms: float = Field(
+        description="Median latency of one batch; language models: of one decoded token."
+    )
     latency_p90_ms: float
     runs: int
     batch_size: int
     threads: int
     peak_memory_mb: float = Field(description="Resident memory added by loading and running.")
     model_bytes: int
+    tokens_per_s: float | None = Field(
+        default=None, description="Language models: greedy decoding speed with the KV cache."
+    )
+    time_to_first_token_ms: float | None = Field(
+        default=None, description="Language models: prompt processing plus the first token."
+    )
 
 
 AttemptStatus = Literal["passed", "failed", "error", "skipped"]
@@ -411,6 +453,7 @@ class Attempt(StrictModel):
         default=None, description="Latency relative to the fp32 baseline of the same run."
     )
     excluded_nodes: list[str] = Field(default_factory=list)
+    variant: str = Field(default="", description="How this attempt differs from its recipe.")
     duration_s: float = 0.0
     artifact_dir: Path | None = Field(default=None, exclude=True)
 
@@ -438,6 +481,9 @@ class RuntimeSpec(StrictModel):
     pad_token_id: int = 0
     providers: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
+    eos_token_ids: list[int] = Field(
+        default_factory=list, description="Language models: tokens that end generation."
+    )
 
 
 class GoldenSpec(StrictModel):

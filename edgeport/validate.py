@@ -55,6 +55,21 @@ class ReferenceModel:
             result = self._model(**{name: torch.from_numpy(value) for name, value in feeds.items()})
         return {name: result[name].float().numpy() for name in output_names}
 
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        """Greedy decoding through the model's own KV cache, never stopping early."""
+        torch = self._torch
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        generated: list[int] = []
+        past = None
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                result = self._model(input_ids=ids, past_key_values=past, use_cache=True)
+                past = result.past_key_values
+                token = int(result.logits[0, -1].argmax())
+                generated.append(token)
+                ids = torch.tensor([[token]], dtype=torch.long)
+        return generated
+
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
     """Sentence embedding from token states, as sentence-transformers computes it."""
@@ -88,6 +103,11 @@ class Evaluation:
     calibration_samples: int
     validation_samples: int
     notes: tuple[str, ...] = ()
+    # Language models: greedy continuations of these prompts, from the original model.
+    prompts: tuple[tuple[int, ...], ...] = ()
+    reference_generations: tuple[tuple[int, ...], ...] = ()
+    # Language models: the text of each scored window (for golden data and reports).
+    texts: tuple[str, ...] = ()
 
 
 def _threshold(tolerance: Tolerance, field: str) -> tuple[float, bool]:
@@ -127,7 +147,9 @@ def compare(
     evaluation: Evaluation,
     candidate: Sequence[Mapping[str, np.ndarray]],
     tolerance: Tolerance,
+    generations: Sequence[Sequence[int]] = (),
 ) -> ValidationReport:
+    """`generations`: the candidate's greedy continuations of `evaluation.prompts`."""
     failures: list[str] = []
     notes: list[str] = list(evaluation.notes)
     comparisons: list[OutputComparison] = []
@@ -173,7 +195,8 @@ def compare(
 
     metrics: list[MetricResult] = []
     if not failures:
-        for metric, note in TASK_METRICS[model.task](model, evaluation, candidate, tolerance):
+        results = TASK_METRICS[model.task](model, evaluation, candidate, tolerance, generations)
+        for metric, note in results:
             metrics.append(metric)
             if note:
                 notes.append(note)
@@ -201,6 +224,7 @@ def _embedding_metrics(
     evaluation: Evaluation,
     candidate: Sequence[Mapping[str, np.ndarray]],
     tolerance: Tolerance,
+    generations: Sequence[Sequence[int]] = (),
 ) -> MetricList:
     name = evaluation.output_names[0]
     cosines = []
@@ -241,6 +265,7 @@ def _top1_metrics(
     evaluation: Evaluation,
     candidate: Sequence[Mapping[str, np.ndarray]],
     tolerance: Tolerance,
+    generations: Sequence[Sequence[int]] = (),
 ) -> MetricList:
     name = evaluation.output_names[0]
     agree = 0
@@ -253,14 +278,97 @@ def _top1_metrics(
     return [_metric("top1_agreement", agree / max(total, 1), tolerance, "top1_agreement_min", True)]
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    values = logits.astype(np.float64)
+    values = values - values.max(axis=-1, keepdims=True)
+    return np.asarray(values - np.log(np.exp(values).sum(axis=-1, keepdims=True)))
+
+
+def token_nll(logits: np.ndarray, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Negative log-likelihood of each next real token (position t predicts token t+1)."""
+    logp = log_softmax(logits[:, :-1])
+    targets = input_ids[:, 1:]
+    picked = np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    valid = (mask[:, 1:] * mask[:, :-1]).astype(bool)
+    return np.asarray(-picked[valid])
+
+
+def _ungated(name: str, value: float, higher: bool) -> tuple[MetricResult, str | None]:
+    return MetricResult(
+        name=name, value=float(value), threshold=None, higher_is_better=higher, passed=None
+    ), None
+
+
+def _decoder_metrics(
+    model: ModelInfo,
+    evaluation: Evaluation,
+    candidate: Sequence[Mapping[str, np.ndarray]],
+    tolerance: Tolerance,
+    generations: Sequence[Sequence[int]] = (),
+) -> MetricList:
+    """Next-token agreement at every position, perplexity of both, greedy generation match."""
+    name = evaluation.output_names[0]
+    agree = total = 0
+    nll_reference: list[np.ndarray] = []
+    nll_candidate: list[np.ndarray] = []
+    for feeds, ref, cand in zip(evaluation.batches, evaluation.reference, candidate, strict=True):
+        ids = np.asarray(feeds["input_ids"])
+        mask = np.asarray(feeds.get("attention_mask", np.ones_like(ids)))
+        expected = _valid_positions(feeds, ref[name]).argmax(axis=-1)
+        actual = _valid_positions(feeds, np.asarray(cand[name])).argmax(axis=-1)
+        agree += int((expected == actual).sum())
+        total += int(expected.size)
+        nll_reference.append(token_nll(ref[name], ids, mask))
+        nll_candidate.append(token_nll(np.asarray(cand[name]), ids, mask))
+    ppl_reference = float(np.exp(np.concatenate(nll_reference).mean()))
+    ppl_candidate = float(np.exp(np.concatenate(nll_candidate).mean()))
+    results = [
+        _metric(
+            "next_token_agreement",
+            agree / max(total, 1),
+            tolerance,
+            "next_token_agreement_min",
+            True,
+        ),
+        _metric(
+            "perplexity_increase",
+            ppl_candidate / ppl_reference - 1.0,
+            tolerance,
+            "perplexity_increase_max",
+            False,
+        ),
+        _ungated("perplexity_reference", ppl_reference, False),
+        _ungated("perplexity", ppl_candidate, False),
+    ]
+    if evaluation.reference_generations and generations:
+        matched = positions = 0
+        for expected_tokens, actual_tokens in zip(
+            evaluation.reference_generations, generations, strict=True
+        ):
+            positions += len(expected_tokens)
+            matched += sum(
+                int(a == b) for a, b in zip(expected_tokens, actual_tokens, strict=False)
+            )
+        match = matched / max(positions, 1)
+        if tolerance.generation_match_min is None:
+            results.append(_ungated("generation_match", match, True))
+        else:
+            results.append(
+                _metric("generation_match", match, tolerance, "generation_match_min", True)
+            )
+    return results
+
+
 TaskMetrics = Callable[
-    [ModelInfo, Evaluation, Sequence[Mapping[str, np.ndarray]], Tolerance], MetricList
+    [ModelInfo, Evaluation, Sequence[Mapping[str, np.ndarray]], Tolerance, Sequence[Sequence[int]]],
+    MetricList,
 ]
 TASK_METRICS: dict[str, TaskMetrics] = {
     "feature-extraction": _embedding_metrics,
     "text-classification": _top1_metrics,
     "token-classification": _top1_metrics,
     "fill-mask": _top1_metrics,
+    "text-generation-with-past": _decoder_metrics,
 }
 
 

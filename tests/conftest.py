@@ -127,3 +127,46 @@ def run_cli(
 @pytest.fixture
 def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run_cli
+
+
+def build_tiny_decoder(folder: Path, model_type: str = "llama", seed: int = 0) -> Path:
+    """A random 2-layer decoder-only LM with the real 4096-token tokenizer of tiny-llama-pydoc."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy2(TINY_LLAMA / name, folder / name)
+    common = {"vocab_size": 4096, "bos_token_id": 1, "eos_token_id": 2}
+    if model_type == "gpt2":
+        config = AutoConfig.for_model(
+            "gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=256, **common
+        )
+    else:
+        config = AutoConfig.for_model(
+            model_type,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            **common,
+        )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+needs_tiny_llama = pytest.mark.skipif(
+    not (TINY_LLAMA / "tokenizer.json").is_file(), reason=f"{TINY_LLAMA} is absent"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (TINY_LLAMA / "tokenizer.json").is_file():
+        pytest.skip(f"{TINY_LLAMA} is absent")
+    return build_tiny_decoder(tmp_path_factory.mktemp("models") / "tiny-llama")

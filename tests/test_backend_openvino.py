@@ -275,3 +275,34 @@ def test_cli_convert_to_an_openvino_bundle(tiny_bert: Path, tmp_path: Path) -> N
         (fallback / name).unlink()
     without_ir = np.array(_run_bundle(fallback, shim, texts))
     np.testing.assert_allclose(with_ir, without_ir, atol=1e-5)
+
+
+def test_sensitivity_ranking_names_matmuls_and_keeps_them_in_float(
+    ov: Setup, reference: np.ndarray
+) -> None:
+    from edgeport.backends.openvino import quantizers_by_matmul
+    from edgeport.search import with_float_nodes
+
+    full = ov.build("openvino-int8-static")
+
+    def probe(session: Any) -> float:
+        pooled = _pooled(session.run(ov.batch), ov.batch["attention_mask"])
+        return float((pooled * reference).sum(axis=-1).min())
+
+    ranking = ov.backend.rank_sensitive_nodes(full, probe, threads=1)
+    assert ranking, "every quantised MatMul is scored"
+    scores = [score for _, score in ranking]
+    assert scores == sorted(scores)  # most harmful first
+    worst = ranking[0][0]
+
+    candidate = with_float_nodes(_candidate(ov.catalog.recipe("openvino-int8-static")), [worst])
+    artifact = ov.backend.build(
+        ov.exported, candidate, ov.info, ov.calibration, ov.workdir / "candidates" / "mixed"
+    )
+    import openvino as ov_runtime
+
+    model = ov_runtime.Core().read_model(str(artifact.model_path))
+    still_quantised = quantizers_by_matmul(model)
+    assert worst not in still_quantised  # that MatMul now runs in float
+    assert len(still_quantised) >= len(ranking) - 1
+    assert any(worst in note for note in artifact.notes)

@@ -61,7 +61,8 @@ def test_candidates_that_do_not_fit_memory_are_dropped_with_numbers() -> None:
     fp32 = next(d for d in result.dropped if d.recipe_id == "onnx-fp32")
     assert fp32.code == "memory"
     assert "MB" in fp32.reason and "128" in fp32.reason
-    assert [c.recipe.id for c in result.candidates] == ["onnx-int8-dynamic"]
+    kept = [c.recipe for c in result.candidates]
+    assert kept and all(recipe.precision in {"int8", "int4"} for recipe in kept)
 
 
 def test_missing_extra_is_dropped_with_install_command() -> None:

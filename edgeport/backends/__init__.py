@@ -11,7 +11,7 @@ import importlib.util
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from edgeport.errors import UnsupportedError
 
@@ -54,12 +54,35 @@ class Artifact:
     def size_bytes(self) -> int:
         return sum((self.directory / name).stat().st_size for name in self.files)
 
+    @property
+    def model_bytes(self) -> int:
+        """The model's own files (graph and weights), without tokenizer files beside them."""
+        stem = self.model_file.rsplit(".", 1)[0]
+        return sum(
+            (self.directory / name).stat().st_size
+            for name in self.files
+            if name.startswith(stem)
+        )
+
 
 class InferenceSession(Protocol):
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class DecoderSession(Protocol):
+    """A language model with a KV cache: `run` scores a full window (empty past, positions
+    and cache inputs filled in by the session), `generate` decodes greedily through the cache."""
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]: ...
 
 
 class Backend(Protocol):

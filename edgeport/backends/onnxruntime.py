@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeport.backends import Artifact, ExportedModel, Feeds
+from edgeport.backends.onnxruntime_decoder import (
+    OnnxDecoderSession,
+    graph_input_names,
+    has_kv_cache,
+    quantize_weight_only,
+)
 from edgeport.errors import UnsupportedError
 
 if TYPE_CHECKING:
@@ -112,15 +119,19 @@ class OnnxRuntimeBackend:
 
         out = workdir / "export"
         try:
-            main_export(
-                str(model.local_path),
-                out,
-                task=model.task,
-                library_name="transformers",
-                do_validation=False,  # edgeport validates on realistic inputs instead
-                trust_remote_code=trust_remote_code,
-                local_files_only=True,
-            )
+            # Tracing a KV-cache decoder emits TracerWarnings by design.
+            with warnings.catch_warnings():
+                if model.family == "decoder":
+                    warnings.simplefilter("ignore")
+                main_export(
+                    str(model.local_path),
+                    out,
+                    task=model.task,
+                    library_name="transformers",
+                    do_validation=False,  # edgeport validates on realistic inputs instead
+                    trust_remote_code=trust_remote_code,
+                    local_files_only=True,
+                )
         except (KeyError, ValueError, NotImplementedError) as exc:
             raise UnsupportedError(
                 f"optimum cannot export {model.model_type} for {model.task} to ONNX: {exc}"
@@ -161,6 +172,8 @@ class OnnxRuntimeBackend:
             self._quantize_dynamic(source, target, quantization)
         elif scheme == "int8-static":
             self._quantize_static(source, target, quantization, calibration, workdir)
+        elif scheme in {"int4-weight", "int8-weight"}:
+            notes += self._quantize_weight_only(source, target, quantization)
         else:
             raise UnsupportedError(f"ONNX Runtime backend has no {scheme!r} quantisation yet")
 
@@ -175,8 +188,21 @@ class OnnxRuntimeBackend:
             notes=tuple(notes),
         )
 
-    def load(self, artifact: Artifact, device: str, threads: int) -> OnnxSession:
+    def load(
+        self, artifact: Artifact, device: str, threads: int
+    ) -> OnnxSession | OnnxDecoderSession:
+        if has_kv_cache(graph_input_names(artifact.model_path)):
+            return OnnxDecoderSession(artifact.model_path, session_options(threads, "basic"))
         return OnnxSession(artifact.model_path, threads, "basic")
+
+    # ------------------------------------------------- decoder (language model) steps
+
+    @staticmethod
+    def _quantize_weight_only(source: Path, target: Path, quantization: Quantization) -> list[str]:
+        """MatMulNBits int4/int8 weights for KV-cache decoders (onnxruntime_decoder.py)."""
+        model, notes = quantize_weight_only(source, quantization)
+        _save(model, target)
+        return notes
 
     # ----------------------------------------------------------------- steps
 

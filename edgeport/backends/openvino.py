@@ -6,11 +6,17 @@ import contextlib
 import shutil
 import sys
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeport.backends import Artifact, ExportedModel, Feeds
+from edgeport.backends.openvino_decoder import (
+    OpenVinoDecoderSession,
+    calibration_items,
+    is_stateful_decoder,
+)
+from edgeport.backends.weight_only import MIN_GROUP_SIZE, choose_group_size, search_patterns
 from edgeport.errors import UnsupportedError
 from edgeport.schemas import device_is_accelerator
 
@@ -20,12 +26,14 @@ if TYPE_CHECKING:
     from edgeport.schemas import Candidate, ModelInfo, Quantization
 
 MODEL_FILE = "openvino_model.xml"
+# int8-static models as NNCF returned them, weight quantisers still explicit, keyed by
+# the saved IR: the sensitivity ranking needs them and saving folds them away.
+_QUANTIZED_IN_MEMORY: dict[str, Any] = {}
 WEIGHTS_FILE = "openvino_model.bin"
 TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_tokenizer.bin")
 # Why the tokenizer could not be converted; written beside the export, read by build().
 _TOKENIZER_NOTE = "tokenizer-note.txt"
-# Smallest int4 block we accept before handing odd layers to NNCF's per-layer fallback.
-MIN_GROUP_SIZE = 16
+DETOKENIZER_FILES = ("openvino_detokenizer.xml", "openvino_detokenizer.bin")
 
 
 def _core() -> Any:
@@ -64,11 +72,11 @@ def compile_config(device: str, threads: int) -> dict[str, Any]:
 
 
 class OpenVinoSession:
-    def __init__(self, path: Path, device: str, threads: int) -> None:
+    def __init__(self, path: Path | Any, device: str, threads: int) -> None:
+        """`path` is an IR file, or an already-read `openvino.Model`."""
         core = _core()
-        self._compiled = core.compile_model(
-            core.read_model(str(path)), "CPU", compile_config(device, threads)
-        )
+        model = core.read_model(str(path)) if isinstance(path, Path) else path
+        self._compiled = core.compile_model(model, "CPU", compile_config(device, threads))
         self.input_names, self.output_names = _io_names(self._compiled)
         self._request = self._compiled.create_infer_request()
 
@@ -80,6 +88,52 @@ class OpenVinoSession:
             name: results[port].copy()
             for name, port in zip(self.output_names, self._compiled.outputs, strict=True)
         }
+
+
+def quantizers(model: Any, *, activations_only: bool = False) -> list[Any]:
+    """FakeQuantize ops; on weights too while the model is in memory (saving folds those
+    into int8 constants)."""
+    return [
+        op
+        for op in model.get_ops()
+        if op.get_type_name() == "FakeQuantize"
+        and not (activations_only and op.input_value(0).get_node().get_type_name() == "Constant")
+    ]
+
+
+def bypass_quantizers(model: Any, names: set[str]) -> list[str]:
+    """Remove the named quantisers: what they fed runs on float values."""
+    removed = []
+    for op in quantizers(model):
+        if op.get_friendly_name() in names:
+            op.output(0).replace(op.input_value(0))
+            removed.append(op.get_friendly_name())
+    return removed
+
+
+def quantizers_by_matmul(model: Any, max_depth: int = 4) -> dict[str, set[str]]:
+    """Each MatMul with the quantisers that feed it (through converts, reshapes, scales)."""
+    groups: dict[str, set[str]] = {}
+    for quantizer in quantizers(model):
+        frontier = [quantizer]
+        for _ in range(max_depth):
+            found = False
+            following = []
+            for node in frontier:
+                for output in node.outputs():
+                    for target in output.get_target_inputs():
+                        consumer = target.get_node()
+                        if consumer.get_type_name() == "MatMul":
+                            groups.setdefault(consumer.get_friendly_name(), set()).add(
+                                quantizer.get_friendly_name()
+                            )
+                            found = True
+                        else:
+                            following.append(consumer)
+            if found:
+                break
+            frontier = following
+    return groups
 
 
 def weight_input_channels(model: Any) -> list[int]:
@@ -102,34 +156,14 @@ def weight_input_channels(model: Any) -> list[int]:
     return channels
 
 
-def choose_group_size(
-    requested: int | None, channels: Iterable[int], minimum: int = MIN_GROUP_SIZE
-) -> tuple[int, bool]:
-    """The largest block size <= requested (halving) that divides every layer's channels.
-
-    Returns (group_size, per_layer_fallback). When no block size of at least `minimum`
-    divides every layer (hidden 688 = 16 x 43 with a requested 128, say), the requested
-    size is kept and NNCF adjusts the layers it does not divide one by one. A request of
-    None or -1 means per-channel scales, which always fit.
-    """
-    if requested is None or requested <= 0:
-        return -1, False
-    sizes = [c for c in channels if c > 0]
-    size = requested
-    while size >= minimum:
-        if all(c % size == 0 for c in sizes):
-            return size, False
-        size //= 2
-    return requested, True
-
-
 def _copy_tokenizer(source: Path, target: Path) -> tuple[str, ...]:
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy2(source / name, target / name)
-            copied.append(name)
-    return tuple(copied) if len(copied) == len(TOKENIZER_FILES) else ()
+    copied: list[str] = []
+    for group in (TOKENIZER_FILES, DETOKENIZER_FILES):
+        if all((source / name).is_file() for name in group):
+            for name in group:
+                shutil.copy2(source / name, target / name)
+            copied += group
+    return tuple(copied) if set(TOKENIZER_FILES) <= set(copied) else ()
 
 
 class OpenVinoBackend:
@@ -178,9 +212,13 @@ class OpenVinoBackend:
             hf_tokenizer = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
                 str(model.local_path), trust_remote_code=trust_remote_code, local_files_only=True
             )
-            tokenizer = convert_tokenizer(
-                hf_tokenizer, with_detokenizer=False, max_length=model.max_length
-            )
+            if model.family == "decoder":  # run.py streams text: it needs the detokenizer too
+                tokenizer, detokenizer = convert_tokenizer(hf_tokenizer, with_detokenizer=True)
+                ov.save_model(detokenizer, str(out / DETOKENIZER_FILES[0]))
+            else:
+                tokenizer = convert_tokenizer(
+                    hf_tokenizer, with_detokenizer=False, max_length=model.max_length
+                )
             ov.save_model(tokenizer, str(out / TOKENIZER_FILES[0]))
         except Exception as exc:  # any converter gap: the runner falls back to `tokenizers`
             return (
@@ -201,7 +239,8 @@ class OpenVinoBackend:
 
         quantization = candidate.recipe.quantize
         notes: list[str] = []
-        out = workdir / "out"
+        excluded = quantization.exclude_nodes
+        out = workdir / (f"out-{len(excluded)}-float" if excluded else "out")
         out.mkdir(parents=True, exist_ok=True)
         ir = _core().read_model(str(exported.directory / exported.model_file))
 
@@ -212,11 +251,23 @@ class OpenVinoBackend:
                 result = ir  # fp16 weights are compressed when saved below
             elif scheme == "int8-weight":
                 result = self._compress_int8(ir, quantization)
+                if model.family == "decoder":
+                    notes.append("embeddings and lm_head: int8_asym per channel, as every layer")
             elif scheme == "int4-weight":
-                result, note = self._compress_int4(ir, quantization)
+                result, note = self._compress_int4(ir, quantization, calibration)
                 notes += [note] if note else []
             elif scheme == "int8-static":
                 result = self._quantize_static(ir, quantization, calibration, exported.input_names)
+                if quantization.mixed_precision and not excluded:
+                    _QUANTIZED_IN_MEMORY[str(out / MODEL_FILE)] = self._quantize_static(
+                        _core().read_model(str(exported.directory / exported.model_file)),
+                        quantization,
+                        calibration,
+                        exported.input_names,
+                        fold_weights=False,
+                    )
+                if excluded:
+                    notes.append(f"kept in float (weights and activations): {', '.join(excluded)}")
             else:
                 raise UnsupportedError(f"OpenVINO backend has no {scheme!r} quantisation")
         ov.save_model(result, str(out / MODEL_FILE), compress_to_fp16=scheme == "fp16")
@@ -242,7 +293,40 @@ class OpenVinoBackend:
             notes=tuple(notes),
         )
 
-    def load(self, artifact: Artifact, device: str, threads: int) -> OpenVinoSession:
+    def rank_sensitive_nodes(
+        self, artifact: Artifact, probe: Callable[[Any], float], threads: int
+    ) -> list[tuple[str, float]]:
+        """Score each quantised MatMul alone (every other quantiser removed).
+
+        Weights and activations both count: int8 weights alone cost a visible share of
+        the error. Returns MatMul names, most harmful first; `quantize.exclude_nodes`
+        takes these names, and the next build leaves them entirely in float.
+        """
+        core = _core()
+        in_memory = _QUANTIZED_IN_MEMORY.get(str(artifact.model_path))
+
+        def fresh() -> Any:
+            return (
+                in_memory.clone()
+                if in_memory is not None
+                else core.read_model(str(artifact.model_path))
+            )
+
+        groups = quantizers_by_matmul(fresh())
+        every: set[str] = set().union(*groups.values()) if groups else set()
+        scores = []
+        for matmul, group in sorted(groups.items()):
+            model = fresh()
+            bypass_quantizers(model, every - group)
+            scores.append((matmul, probe(OpenVinoSession(model, "CPU", threads))))
+        return sorted(scores, key=lambda item: item[1])
+
+    def load(
+        self, artifact: Artifact, device: str, threads: int
+    ) -> OpenVinoSession | OpenVinoDecoderSession:
+        model = _core().read_model(str(artifact.model_path))
+        if is_stateful_decoder(model):
+            return OpenVinoDecoderSession(model, compile_config(device, threads))
         return OpenVinoSession(artifact.model_path, device, threads)
 
     # ----------------------------------------------------------------- steps
@@ -251,9 +335,13 @@ class OpenVinoBackend:
     def _ignored_scope(quantization: Quantization) -> Any:
         nncf = _nncf()
 
-        if not quantization.ignored_patterns:
+        if not quantization.ignored_patterns and not quantization.exclude_nodes:
             return None
-        return nncf.IgnoredScope(patterns=list(quantization.ignored_patterns), validate=False)
+        return nncf.IgnoredScope(
+            names=list(quantization.exclude_nodes),
+            patterns=list(quantization.ignored_patterns),
+            validate=False,
+        )
 
     def _compress_int8(self, ir: Any, quantization: Quantization) -> Any:
         nncf = _nncf()
@@ -265,7 +353,9 @@ class OpenVinoBackend:
         )
         return nncf.compress_weights(ir, mode=mode, ignored_scope=self._ignored_scope(quantization))
 
-    def _compress_int4(self, ir: Any, quantization: Quantization) -> tuple[Any, str]:
+    def _compress_int4(
+        self, ir: Any, quantization: Quantization, calibration: Sequence[Feeds] = ()
+    ) -> tuple[Any, str]:
         nncf = _nncf()
         from nncf.quantization.advanced_parameters import (
             AdvancedCompressionParameters,
@@ -288,18 +378,44 @@ class OpenVinoBackend:
             if quantization.symmetric
             else nncf.CompressWeightsMode.INT4_ASYM
         )
+        keep = list(quantization.keep_int8_patterns)
+        ignored = [*quantization.ignored_patterns, *search_patterns(keep)]
+        data: dict[str, Any] = {}
+        skipped = ""
+        if quantization.algorithm == "gptq":
+            items = calibration_items(ir, calibration) if is_stateful_decoder(ir) else []
+            if items:
+                data = {"dataset": nncf.Dataset(items), "subset_size": len(items), "gptq": True}
+            else:
+                skipped = "GPTQ skipped (needs calibration texts and a KV-cache decoder); RTN"
         compressed = nncf.compress_weights(
             ir,
             mode=mode,
             group_size=group_size,
             ratio=quantization.ratio if quantization.ratio is not None else 1.0,
             all_layers=quantization.all_layers,
-            ignored_scope=self._ignored_scope(quantization),
+            ignored_scope=(
+                nncf.IgnoredScope(patterns=ignored, validate=False) if ignored else None
+            ),
+            backup_mode=nncf.BackupMode.INT8_ASYM,
             advanced_parameters=AdvancedCompressionParameters(
                 group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
                 min_adjusted_group_size=MIN_GROUP_SIZE,
             ),
+            **data,
         )
+        details = [
+            f"int4 {'sym' if quantization.symmetric else 'asym'} group {group_size}"
+            f"{' with GPTQ on ' + str(data['subset_size']) + ' calibration texts' if data else ''}",
+            "embeddings and lm_head: "
+            + ("int4" if quantization.all_layers else "int8_asym per channel (NNCF backup mode)"),
+        ]
+        if keep:
+            # IgnoredScope leaves the matched weights fp32; a second pass makes them int8
+            # (weights compressed by the first pass are left alone).
+            compressed = nncf.compress_weights(compressed, mode=nncf.CompressWeightsMode.INT8_ASYM)
+            details.append(f"kept at int8_asym: {', '.join(keep)}")
+        note = "; ".join([*([note] if note else []), *([skipped] if skipped else []), *details])
         return compressed, note
 
     def _quantize_static(
@@ -308,6 +424,8 @@ class OpenVinoBackend:
         quantization: Quantization,
         calibration: Sequence[Feeds],
         input_names: Sequence[str],
+        *,
+        fold_weights: bool = True,
     ) -> Any:
         nncf = _nncf()
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
@@ -319,11 +437,24 @@ class OpenVinoBackend:
         def transform(feeds: Feeds) -> dict[str, Any]:
             return {name: feeds[name] for name in names if name in feeds}
 
-        advanced = None
+        from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        options: dict[str, Any] = {}
         if quantization.smooth_quant_alpha is not None:
-            advanced = AdvancedQuantizationParameters(
-                smooth_quant_alpha=quantization.smooth_quant_alpha
+            # SmoothQuant moves activation outliers into the weights, where int8 copes.
+            options["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(
+                matmul=quantization.smooth_quant_alpha
             )
+        if quantization.calibration_method == "minmax":
+            # Embedding outliers on short inputs fall outside percentile-clipped ranges.
+            options["activations_range_estimator_params"] = RangeEstimatorParametersSet.MINMAX
+        if not fold_weights:
+            from nncf.openvino.quantization.backend_parameters import BackendParameters
+
+            # Keep weight quantisers explicit so the sensitivity ranking can remove them.
+            options["backend_params"] = {BackendParameters.COMPRESS_WEIGHTS: False}
+        advanced = AdvancedQuantizationParameters(**options) if options else None
         return nncf.quantize(
             ir,
             nncf.Dataset(list(calibration), transform),

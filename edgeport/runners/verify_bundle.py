@@ -11,8 +11,10 @@ tokenizer library, and the reference outputs of the original PyTorch model, so n
    fail, each one named.
 2. The golden inputs run through the model; the task metric is compared with the
    reference outputs exactly as edgeport's validation does (pooled embedding cosine for
-   feature extraction, top-1 agreement for classification), under the tolerance the
-   bundle was converted with. The largest absolute error is reported too.
+   feature extraction, top-1 agreement for classification, next-token agreement at every
+   position of the validation windows for language models, whose KV-cache inputs are
+   filled in with an empty cache), under the tolerance the bundle was converted with.
+   The largest absolute error is reported too (not for token ids).
 3. Latency is measured over a few runs of the longest golden input (reported, not gated).
 
 Exit codes: 0 passed, 2 malformed bundle (manifest or golden data unreadable),
@@ -42,6 +44,11 @@ EXIT_FAILED = 3
 EXIT_NO_RUNTIME = 4
 DEFAULT_RUNS = 5
 WARMUP_RUNS = 1
+# Language models: golden data holds token windows and the reference's next token at every
+# position; verify.py scores next-token agreement (the KV-cache inputs are filled in here).
+DECODER_TASK = "text-generation-with-past"
+NEXT_TOKEN = "next_token"
+PAST_PREFIX = "past_key_values."
 # Files Python itself may leave beside a script that was imported; never part of a bundle.
 IGNORED_PARTS = frozenset({"__pycache__"})
 
@@ -155,17 +162,30 @@ def _onnxruntime(
     session = ort.InferenceSession(str(bundle / spec["model_file"]), options, providers=providers)
     input_names = [i.name for i in session.get_inputs()]
     output_names = [o.name for o in session.get_outputs()]
+    past = [
+        (i.name, i.shape[1], i.shape[3], np.float16 if "float16" in i.type else np.float32)
+        for i in session.get_inputs()
+        if i.name.startswith(PAST_PREFIX)
+    ]
 
     def run(feeds: Mapping[str, Array]) -> Outputs:
         results = session.run(None, {name: feeds[name] for name in input_names})
         return dict(zip(output_names, results, strict=True))
+
+    def run_decoder(feeds: Mapping[str, Array]) -> Outputs:
+        ids = np.asarray(feeds["input_ids"], dtype=np.int64)
+        full = decoder_feeds(input_names, ids, feeds.get("attention_mask"))
+        for name, heads, size, dtype in past:
+            full[name] = np.zeros((ids.shape[0], heads, 0, size), dtype=dtype)
+        (logits,) = session.run(["logits"], full)
+        return {NEXT_TOKEN: np.asarray(logits).argmax(axis=-1)}
 
     info = {
         "target": "onnxruntime",
         "version": ort.__version__,
         "providers": session.get_providers(),
     }
-    return run, info
+    return (run_decoder if past else run), info
 
 
 def _openvino(
@@ -205,8 +225,27 @@ def _openvino(
         results = request.infer({name: feeds[name] for name in input_names})
         return {name: np.array(results[port], copy=True) for name, port in outputs}
 
+    def run_decoder(feeds: Mapping[str, Array]) -> Outputs:
+        ids = np.asarray(feeds["input_ids"], dtype=np.int64)
+        request.reset_state()  # the KV cache is the stateful model's internal state
+        request.infer(decoder_feeds(input_names, ids, feeds.get("attention_mask")))
+        return {NEXT_TOKEN: np.asarray(request.get_tensor("logits").data).argmax(axis=-1)}
+
     info = {"target": "openvino", "version": ov.__version__, "providers": [device]}
-    return run, info
+    return (run_decoder if "beam_idx" in input_names else run), info
+
+
+def decoder_feeds(input_names: list[str], ids: Array, mask: Array | None) -> dict[str, Array]:
+    """A full window with an empty cache: mask, positions and beam index filled in."""
+    mask = np.ones_like(ids) if mask is None else np.asarray(mask, dtype=np.int64)
+    feeds = {"input_ids": ids}
+    if "attention_mask" in input_names:
+        feeds["attention_mask"] = mask
+    if "position_ids" in input_names:
+        feeds["position_ids"] = np.clip(np.cumsum(mask, axis=-1) - 1, 0, None).astype(np.int64)
+    if "beam_idx" in input_names:
+        feeds["beam_idx"] = np.arange(ids.shape[0], dtype=np.int32)
+    return feeds
 
 
 # target id (manifest runtime.target) -> loader(bundle, runtime spec, threads) -> (run, info).
@@ -302,8 +341,15 @@ def task_metrics(
     actual: list[Outputs],
 ) -> dict[str, float]:
     """The task metric(s) validation gates on, computed over the golden samples."""
-    name = spec["output_names"][0]
     task = spec.get("task")
+    if task == DECODER_TASK:
+        agree = total = 0
+        for (_, ref), out in zip(pairs, actual, strict=True):
+            expected, got = np.asarray(ref[NEXT_TOKEN]), np.asarray(out[NEXT_TOKEN])
+            agree += int((expected == got).sum())
+            total += int(expected.size)
+        return {"next_token_agreement": agree / max(total, 1)}
+    name = spec["output_names"][0]
     if task == "feature-extraction":
         cosines = np.concatenate(
             [
@@ -359,6 +405,8 @@ def check_golden(
                     f"output {name!r}: shape {list(got.shape)} != golden {list(expected.shape)}"
                 )
                 break
+            if expected.dtype.kind in "iu":  # token ids: the task metric counts matches
+                continue
             if not np.all(np.isfinite(got)):
                 failures.append(f"output {name!r} contains NaN or infinite values")
                 break

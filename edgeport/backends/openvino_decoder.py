@@ -1,0 +1,88 @@
+"""OpenVINO, decoder-only language models: the stateful KV-cache IR behind the session API.
+
+optimum-intel exports `text-generation-with-past` as a *stateful* model: the KV cache is
+internal state, and the inputs are input_ids, attention_mask (past + new tokens),
+position_ids and beam_idx. The state must be reset before every new sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from edgeport.backends import Feeds
+
+
+def _names(ports: Any) -> tuple[str, ...]:
+    return tuple(port.get_any_name() for port in ports)
+
+
+def is_stateful_decoder(model: Any) -> bool:
+    return "beam_idx" in _names(model.inputs) or bool(model.get_variables())
+
+
+def decoder_feeds(
+    input_names: Sequence[str], input_ids: np.ndarray, mask: np.ndarray, past: int
+) -> dict[str, np.ndarray]:
+    feeds = {"input_ids": input_ids}
+    if "attention_mask" in input_names:
+        feeds["attention_mask"] = mask
+    if "position_ids" in input_names:
+        cumulative = np.clip(np.cumsum(mask, axis=-1) - 1, 0, None)
+        feeds["position_ids"] = np.asarray(cumulative[:, past:], dtype=np.int64)
+    if "beam_idx" in input_names:
+        feeds["beam_idx"] = np.arange(input_ids.shape[0], dtype=np.int32)
+    return feeds
+
+
+def calibration_items(model: Any, calibration: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
+    """Full-window calibration inputs for NNCF (it resets the state before each item)."""
+    names = _names(model.inputs)
+    items = []
+    for feeds in calibration:
+        if "input_ids" not in feeds:
+            continue
+        ids = np.asarray(feeds["input_ids"], dtype=np.int64)
+        mask = np.asarray(feeds.get("attention_mask", np.ones_like(ids)), dtype=np.int64)
+        items.append(decoder_feeds(names, ids, mask, 0))
+    return items
+
+
+class OpenVinoDecoderSession:
+    """`run` scores a full window (fresh state); `generate` decodes greedily via the state."""
+
+    def __init__(self, model: Any, config: Mapping[str, Any]) -> None:
+        import openvino as ov
+
+        self._compiled = ov.Core().compile_model(model, "CPU", dict(config))
+        self.input_names = _names(self._compiled.inputs)
+        self.output_names = ("logits",)
+        self._request = self._compiled.create_infer_request()
+
+    def _infer(self, input_ids: np.ndarray, mask: np.ndarray, past: int) -> np.ndarray:
+        self._request.infer(decoder_feeds(self.input_names, input_ids, mask, past))
+        return np.array(self._request.get_tensor("logits").data, copy=True)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = np.asarray(feeds["input_ids"], dtype=np.int64)
+        mask = np.asarray(feeds.get("attention_mask", np.ones_like(ids)), dtype=np.int64)
+        self._request.reset_state()
+        return {"logits": self._infer(ids, mask, 0)}
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        self._request.reset_state()
+        ids = np.array([list(prompt_ids)], dtype=np.int64)
+        mask = np.ones_like(ids)
+        past = 0
+        generated: list[int] = []
+        for _ in range(max_new_tokens):
+            logits = self._infer(ids, mask, past)
+            past = mask.shape[1]
+            token = int(logits[0, -1].argmax())
+            generated.append(token)
+            ids = np.array([[token]], dtype=np.int64)
+            mask = np.ones((1, past + 1), dtype=np.int64)
+        return generated

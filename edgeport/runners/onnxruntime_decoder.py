@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Generate text with this bundle's language model: ONNX Runtime, tokenizers and numpy only.
+
+    python run.py "The with statement is used to" --max-new-tokens 32
+    echo "A prompt" | python run.py -
+
+Streams the continuation on stdout (greedy decoding through the KV cache), then prints
+time to first token and tokens per second on stderr (`--json` prints them as one JSON
+object on stdout instead of the text). Written by edgeport; settings come from
+manifest.json beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+HERE = Path(__file__).resolve().parent
+PAST = "past_key_values."
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def load_manifest() -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+    return manifest
+
+
+class Decoder:
+    def __init__(self, spec: dict[str, Any], threads: int | None) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or spec["threads"]
+        providers = [
+            p
+            for p in spec.get("providers", ["CPUExecutionProvider"])
+            if p in ort.get_available_providers()
+        ]
+        self.session = ort.InferenceSession(
+            str(HERE / spec["model_file"]), options, providers=providers or None
+        )
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.past_specs = [
+            (i.name, i.shape[1], i.shape[3], _DTYPES.get(i.type, np.float32))
+            for i in self.session.get_inputs()
+            if i.name.startswith(PAST)
+        ]
+
+    def generate(self, prompt: list[int], max_new_tokens: int, stop: set[int]) -> Iterator[int]:
+        past = {
+            name: np.zeros((1, heads, 0, dim), dtype=dtype)
+            for name, heads, dim, dtype in self.past_specs
+        }
+        ids = np.array([prompt], dtype=np.int64)
+        length = 0
+        for _ in range(max_new_tokens):
+            total = length + ids.shape[1]
+            feeds = {"input_ids": ids, **past}
+            if "attention_mask" in self.inputs:
+                feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
+            if "position_ids" in self.inputs:
+                feeds["position_ids"] = np.arange(length, total, dtype=np.int64)[None]
+            results = dict(zip(self.outputs, self.session.run(None, feeds), strict=True))
+            past = {name: results[name.replace(PAST, "present.", 1)] for name in past}
+            length = total
+            token = int(results["logits"][0, -1].argmax())
+            yield token
+            if token in stop:
+                return
+            ids = np.array([[token]], dtype=np.int64)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("prompt", nargs="?", default="-", help="the prompt; '-' reads stdin")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    args = parser.parse_args()
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        parser.error("give a prompt")
+    spec = load_manifest()["runtime"]
+    tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    decoder = Decoder(spec, args.threads)
+    prompt_ids = tokenizer.encode(prompt).ids
+    stop = set(spec.get("eos_token_ids") or [])
+
+    start = time.perf_counter()
+    first_token_s = None
+    tokens: list[int] = []
+    shown = ""
+    for token in decoder.generate(prompt_ids, args.max_new_tokens, stop):
+        if first_token_s is None:
+            first_token_s = time.perf_counter() - start
+        tokens.append(token)
+        text = tokenizer.decode(tokens)
+        if not args.json and text.startswith(shown):
+            sys.stdout.write(text[len(shown) :])
+            sys.stdout.flush()
+            shown = text
+    elapsed = time.perf_counter() - start
+    decode_s = elapsed - (first_token_s or 0.0)
+    stats = {
+        "prompt_tokens": len(prompt_ids),
+        "new_tokens": len(tokens),
+        "time_to_first_token_ms": round((first_token_s or 0.0) * 1000, 2),
+        "tokens_per_s": round((len(tokens) - 1) / decode_s, 2) if len(tokens) > 1 else None,
+    }
+    if args.json:
+        json.dump({"text": tokenizer.decode(tokens), "tokens": tokens, **stats}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("\n")
+        print(
+            f"[{stats['new_tokens']} tokens; time to first token "
+            f"{stats['time_to_first_token_ms']:.1f} ms; {stats['tokens_per_s']} tokens/s]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Generate text with this bundle's language model: OpenVINO and numpy only.
+
+    python run.py "The with statement is used to" --max-new-tokens 32
+    echo "A prompt" | python run.py -
+    python run.py --device CPU "A prompt"          # override the device from manifest.json
+
+Streams the continuation on stdout (greedy decoding; the KV cache is the stateful
+model's internal state), then prints time to first token and tokens per second on
+stderr (`--json` prints them as one JSON object on stdout instead of the text).
+Tokenises with openvino_tokenizer.xml / openvino_detokenizer.xml (openvino-tokenizers)
+when the bundle has them, else with tokenizer.json (tokenizers). Written by edgeport;
+settings come from manifest.json beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+HERE = Path(__file__).resolve().parent
+TOKENIZER_IR = "openvino_tokenizer.xml"
+DETOKENIZER_IR = "openvino_detokenizer.xml"
+
+
+def load_manifest() -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+    return manifest
+
+
+def make_text_codec() -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
+    """(encode, decode): openvino-tokenizers IR when present and importable, else tokenizers."""
+    if (HERE / TOKENIZER_IR).is_file() and (HERE / DETOKENIZER_IR).is_file():
+        try:
+            import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations)
+        except ImportError:
+            pass
+        else:
+            core = ov.Core()  # created after the import, so it knows the tokenizer ops
+            tokenizer = core.compile_model(str(HERE / TOKENIZER_IR), "CPU")
+            detokenizer = core.compile_model(str(HERE / DETOKENIZER_IR), "CPU")
+
+            def encode_ir(text: str) -> list[int]:
+                result = tokenizer([text])
+                return [int(t) for t in np.asarray(result["input_ids"]).reshape(-1)]
+
+            def decode_ir(tokens: list[int]) -> str:
+                result = detokenizer(np.array([tokens], dtype=np.int64))
+                return str(np.asarray(result[detokenizer.outputs[0]]).reshape(-1)[0])
+
+            return encode_ir, decode_ir
+    from tokenizers import Tokenizer
+
+    text_tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
+    text_tokenizer.no_truncation()
+    text_tokenizer.no_padding()
+    return (lambda text: text_tokenizer.encode(text).ids), text_tokenizer.decode
+
+
+def pick_device(core: ov.Core, spec: dict[str, Any], wanted: str | None) -> str:
+    if wanted:
+        return wanted
+    available = set(core.available_devices)
+    for device in spec.get("providers") or [spec["device"]]:
+        if device in available or device.split(".")[0] in available:
+            return str(device)
+    return "CPU"
+
+
+class Decoder:
+    def __init__(self, spec: dict[str, Any], device: str | None, threads: int | None) -> None:
+        core = ov.Core()
+        self.device = pick_device(core, spec, device)
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if self.device == "CPU":  # the precision edgeport validated with
+            config.update(
+                {
+                    "INFERENCE_NUM_THREADS": threads or spec["threads"],
+                    "NUM_STREAMS": 1,
+                    "INFERENCE_PRECISION_HINT": "f32",
+                }
+            )
+        compiled = core.compile_model(str(HERE / spec["model_file"]), self.device, config)
+        self.inputs = [port.get_any_name() for port in compiled.inputs]
+        self.request = compiled.create_infer_request()
+
+    def generate(self, prompt: list[int], max_new_tokens: int, stop: set[int]) -> Iterator[int]:
+        self.request.reset_state()
+        ids = np.array([prompt], dtype=np.int64)
+        length = 0
+        for _ in range(max_new_tokens):
+            total = length + ids.shape[1]
+            feeds = {"input_ids": ids}
+            if "attention_mask" in self.inputs:
+                feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
+            if "position_ids" in self.inputs:
+                feeds["position_ids"] = np.arange(length, total, dtype=np.int64)[None]
+            if "beam_idx" in self.inputs:
+                feeds["beam_idx"] = np.zeros(1, dtype=np.int32)
+            self.request.infer(feeds)
+            length = total
+            token = int(self.request.get_tensor("logits").data[0, -1].argmax())
+            yield token
+            if token in stop:
+                return
+            ids = np.array([[token]], dtype=np.int64)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("prompt", nargs="?", default="-", help="the prompt; '-' reads stdin")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    args = parser.parse_args()
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        parser.error("give a prompt")
+    spec = load_manifest()["runtime"]
+    encode, decode = make_text_codec()
+    decoder = Decoder(spec, args.device, args.threads)
+    prompt_ids = encode(prompt)
+    stop = set(spec.get("eos_token_ids") or [])
+
+    start = time.perf_counter()
+    first_token_s = None
+    tokens: list[int] = []
+    shown = ""
+    for token in decoder.generate(prompt_ids, args.max_new_tokens, stop):
+        if first_token_s is None:
+            first_token_s = time.perf_counter() - start
+        tokens.append(token)
+        if not args.json:
+            text = decode(tokens)
+            if text.startswith(shown):
+                sys.stdout.write(text[len(shown) :])
+                sys.stdout.flush()
+                shown = text
+    elapsed = time.perf_counter() - start
+    decode_s = elapsed - (first_token_s or 0.0)
+    stats = {
+        "device": decoder.device,
+        "prompt_tokens": len(prompt_ids),
+        "new_tokens": len(tokens),
+        "time_to_first_token_ms": round((first_token_s or 0.0) * 1000, 2),
+        "tokens_per_s": round((len(tokens) - 1) / decode_s, 2) if len(tokens) > 1 else None,
+    }
+    if args.json:
+        json.dump({"text": decode(tokens), "tokens": tokens, **stats}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("\n")
+        print(
+            f"[{stats['new_tokens']} tokens on {stats['device']}; time to first token "
+            f"{stats['time_to_first_token_ms']:.1f} ms; {stats['tokens_per_s']} tokens/s]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

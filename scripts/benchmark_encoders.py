@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Where edgeport stands against the defaults users reach for, on one encoder, in one run.
+
+For the same validation sentences (edgeport's built-in varied set, never used for
+calibration) and the same batch of 32 mixed-length sentences, this builds:
+
+  1. optimum-cli export onnx (fp32)                       -- the baseline (ratio 1.00)
+  2. + optimum-cli onnxruntime quantize --<host ISA>      -- dynamic int8, optimum's preset
+  3. optimum-cli export openvino (default)
+  4. NNCF int8 post-training quantisation, default settings
+  5. edgeport convert --profile PROFILE                   -- whatever edgeport ships
+
+and prints latency relative to the baseline, size, and worst/mean embedding cosine
+against the PyTorch original. Every latency is measured the same way (bench.py: fresh
+process, warm-up, median of timed runs). Numbers, not assertions: run it, read it.
+
+    HF_HUB_CACHE=... HF_HUB_OFFLINE=1 python scripts/benchmark_encoders.py \\
+        sentence-transformers/all-MiniLM-L6-v2 --profile x86-64-avx512-vnni
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from edgeport.backends import Artifact, get_backend
+from edgeport.bench import measure
+from edgeport.host import available_cores, features_from_cpuinfo
+from edgeport.hub import resolve
+from edgeport.model_info import inspect_model
+from edgeport.pipeline import ConvertRequest, convert
+from edgeport.samples import builtin_texts
+from edgeport.schemas import Tolerance
+from edgeport.text_inputs import prepare_tokenizer
+from edgeport.validate import ReferenceModel
+from edgeport.workloads import EncoderWorkload
+
+
+def artifact_of(directory: Path, model_file: str) -> Artifact:
+    files = tuple(p.name for p in directory.iterdir() if p.name.startswith(Path(model_file).stem))
+    return Artifact(directory, model_file, files, (), ())
+
+
+def optimum_quantize(onnx_dir: Path, out: Path) -> Artifact:
+    """What `optimum-cli onnxruntime quantize --avx512_vnni|--avx2|--arm64` does."""
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    flags = set(features_from_cpuinfo(Path("/proc/cpuinfo").read_text()))
+    if "avx512_vnni" in flags:
+        config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+    elif "avx2" in flags:
+        config = AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
+    else:
+        config = AutoQuantizationConfig.arm64(is_static=False, per_channel=False)
+    quantizer = ORTQuantizer.from_pretrained(str(onnx_dir), file_name="model.onnx")
+    quantizer.quantize(save_dir=str(out), quantization_config=config)
+    return artifact_of(out, "model_quantized.onnx")
+
+
+def optimum_openvino(model_dir: Path, task: str, out: Path) -> Artifact:
+    """What `optimum-cli export openvino` does with default settings."""
+    from optimum.exporters.openvino import main_export
+
+    main_export(str(model_dir), str(out), task=task, library_name="transformers")
+    return artifact_of(out, "openvino_model.xml")
+
+
+def nncf_default(ov_dir: Path, calibration: list[dict[str, object]], out: Path) -> Artifact:
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(ov_dir / "openvino_model.xml"))
+    names = [port.get_any_name() for port in model.inputs]
+    dataset = nncf.Dataset(calibration, lambda feeds: {n: feeds[n] for n in names})
+    quantized = nncf.quantize(model, dataset, subset_size=len(calibration))
+    out.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(out / "openvino_model.xml"))
+    return artifact_of(out, "openvino_model.xml")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", help="Hub id or folder of a text encoder")
+    parser.add_argument("--profile", default="x86-64-avx512-vnni")
+    parser.add_argument("--threads", type=int, default=min(2, available_cores()))
+    args = parser.parse_args()
+
+    resolved = resolve(args.model)
+    info = inspect_model(resolved)
+    samples = builtin_texts("encoder")
+    workload = EncoderWorkload()
+    rows: list[tuple[str, str, Artifact]] = []
+    with tempfile.TemporaryDirectory(prefix="edgeport-bench-") as tmp:
+        work = Path(tmp)
+        ort_backend = get_backend("onnxruntime")
+        exported = ort_backend.export(info, work / "onnx", trust_remote_code=False)
+        tokenizer_dir = prepare_tokenizer(info, work, trust_remote_code=False)
+        prepared = workload.prepare(
+            info, tokenizer_dir, samples, exported, ReferenceModel(info, trust_remote_code=False)
+        )
+        with contextlib.redirect_stdout(sys.stderr):
+            rows.append(
+                (
+                    "optimum-cli export onnx (fp32)",
+                    "onnxruntime",
+                    artifact_of(exported.directory, "model.onnx"),
+                )
+            )
+            rows.append(
+                (
+                    "+ optimum-cli onnxruntime quantize (host preset)",
+                    "onnxruntime",
+                    optimum_quantize(exported.directory, work / "onnx-q"),
+                )
+            )
+            ov_default = optimum_openvino(info.local_path, info.task, work / "ov")
+            rows.append(("optimum-cli export openvino (default)", "openvino", ov_default))
+            rows.append(
+                (
+                    "NNCF int8 PTQ, default settings",
+                    "openvino",
+                    nncf_default(work / "ov", prepared.calibration, work / "ov-nncf"),
+                )
+            )
+            result = convert(
+                ConvertRequest(model=args.model, profile=args.profile, out=work / "bundle")
+            )
+        if result.bundle is None or result.chosen is None:
+            print(f"edgeport shipped nothing: {result.verdict}", file=sys.stderr)
+            return 3
+        manifest = json.loads((result.bundle / "manifest.json").read_text())
+        variant = f", {result.chosen.variant}" if result.chosen.variant else ""
+        rows.append(
+            (
+                f"edgeport ({result.chosen.recipe_id}{variant})",
+                result.chosen.target_id,
+                artifact_of(result.bundle, manifest["runtime"]["model_file"]),
+            )
+        )
+
+        tolerance = Tolerance(embedding_cosine_min=0.99)
+        table = []
+        baseline_ms = None
+        for name, target, artifact in rows:
+            backend = get_backend(target)
+            session = backend.load(
+                artifact, "CPU" if target == "openvino" else "CPUExecutionProvider", args.threads
+            )
+            report = workload.validate(info, session, prepared.evaluation, tolerance)
+            del session
+            timing = measure(artifact, target, "CPU", args.threads, prepared.bench.feeds)
+            baseline_ms = baseline_ms or timing.latency_ms
+            size = sum((artifact.directory / f).stat().st_size for f in artifact.files)
+            table.append(
+                (
+                    name,
+                    timing.latency_ms / baseline_ms,
+                    size / 2**20,
+                    report.metric("embedding_cosine_min"),
+                    report.metric("embedding_cosine_mean"),
+                )
+            )
+
+    print(
+        f"\n{args.model}: {len(samples.validation)} validation sentences, "
+        f"batch of 32, {args.threads} threads\n"
+    )
+    print("| what a user would run | latency vs ORT fp32 | size MB | worst cosine | mean cosine |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, ratio, size, worst, mean in table:
+        print(f"| {name} | {ratio:.2f} | {size:.1f} | {worst:.4f} | {mean:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
