@@ -93,7 +93,9 @@ def render_report(
         "",
         "Latency is the median of timed runs on the build host (not the device) with the "
         "device's thread count, capped at the host's cores; `vs fp32` divides by the plain "
-        "ONNX Runtime fp32 export measured in the same run.",
+        "ONNX Runtime fp32 export measured in the same run; for candidates that passed it is "
+        "the median of three back-to-back pairs (baseline, candidate), which cancels the "
+        "drift of background load.",
         "",
     ]
     failing = [a for a in attempts if a.status != "passed"]

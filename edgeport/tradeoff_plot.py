@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from edgeport.schemas import Attempt
 
-WIDTH, HEIGHT = 640, 400
-LEFT, RIGHT, TOP, BOTTOM = 70, 200, 30, 50
+WIDTH, HEIGHT = 760, 400
+LEFT, RIGHT, TOP, BOTTOM = 70, 300, 30, 50
 _COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "error": "#757575", "skipped": "#757575"}
 
 
@@ -93,7 +93,8 @@ def render_tradeoff_svg(
                 'stroke-width="2"/>'
             )
         parts.append(f'<text x="{px(x) + 8:.1f}" y="{py(y) - 6:.1f}">{index}</text>')
-        label = f"{index}. {attempt.recipe_id}{' (chosen)' if is_chosen else ''}"
+        variant = f" ({attempt.variant})" if attempt.variant else ""
+        label = f"{index}. {attempt.recipe_id}{variant}{' (chosen)' if is_chosen else ''}"
         parts.append(
             f'<text x="{plot_right + 10}" y="{legend_y + 14 * index}" fill="{colour}">'
             f"{escape(label)}</text>"

@@ -68,6 +68,9 @@ def compile_config(device: str, threads: int) -> dict[str, Any]:
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
         "INFERENCE_PRECISION_HINT": "f16" if device_is_accelerator(device) else "f32",
+        # Flush denormals: ~8% faster int8 encoders on x86; validated with it, so the
+        # runners use it too.
+        "CPU_DENORMALS_OPTIMIZATION": True,
     }
 
 

@@ -86,6 +86,7 @@ class Decoder:
                     "INFERENCE_NUM_THREADS": threads or spec["threads"],
                     "NUM_STREAMS": 1,
                     "INFERENCE_PRECISION_HINT": "f32",
+                    "CPU_DENORMALS_OPTIMIZATION": True,
                 }
             )
         compiled = core.compile_model(str(HERE / spec["model_file"]), self.device, config)

@@ -84,6 +84,7 @@ def make_model(core: ov.Core, spec: dict[str, Any], device: str, threads: int | 
                 "INFERENCE_NUM_THREADS": threads or spec["threads"],
                 "NUM_STREAMS": 1,
                 "INFERENCE_PRECISION_HINT": "f32",
+                "CPU_DENORMALS_OPTIMIZATION": True,
             }
         )
     return core.compile_model(str(HERE / spec["model_file"]), device, config)

@@ -214,6 +214,7 @@ def _openvino(
                 "INFERENCE_NUM_THREADS": threads or int(spec.get("threads", 0) or 0),
                 "NUM_STREAMS": 1,
                 "INFERENCE_PRECISION_HINT": "f32",
+                "CPU_DENORMALS_OPTIMIZATION": True,
             }
         )
     compiled = core.compile_model(str(bundle / spec["model_file"]), device, config)
