@@ -2,7 +2,7 @@
 """Side-by-side benchmark of a small language model: optimum-cli's defaults vs edgeport's choice.
 
     python scripts/benchmark_llm.py [MODEL] [--profile raspberry-pi-5 --profile intel-n100]
-                                    [--new-tokens 32] [--threads N] [--workdir DIR] [--json]
+                                    [--threads N] [--workdir DIR] [--json]
 
 For the same model, the same prompt and the same validation texts, it builds
 

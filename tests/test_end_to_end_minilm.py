@@ -51,3 +51,49 @@ def test_minilm_bundle_matches_the_original(tmp_path: Path) -> None:
     similar = sum(a * b for a, b in zip(vectors[0], vectors[1], strict=True))
     unrelated = sum(a * b for a, b in zip(vectors[0], vectors[2], strict=True))
     assert similar > unrelated + 0.2  # the shipped model still understands sentences
+
+
+@needs_minilm
+def test_runner_output_matches_the_original_model_on_golden_texts(tmp_path: Path) -> None:
+    """run.py pools on its own (it may not import edgeport); hold it to the PyTorch outputs."""
+    import numpy as np
+
+    from edgeport.validate import cosine_rows, pool
+
+    out = tmp_path / "minilm"
+    result = run_cli(
+        "convert",
+        MINILM,
+        "--profile",
+        "raspberry-pi-4",
+        "--out",
+        str(out),
+        "--recipe",
+        "onnx-fp32",
+        "--recipe",
+        "onnx-int8-dynamic",
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    golden = manifest["golden"]
+    run = subprocess.run(
+        [sys.executable, str(out / "run.py"), *golden["texts"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    embeddings = np.array(json.loads(run.stdout)["results"])
+    with np.load(out / golden["file"]) as data:
+        expected = np.concatenate(
+            [
+                pool(
+                    data[f"output.{index}.last_hidden_state"],
+                    data[f"input.{index}.attention_mask"],
+                    manifest["runtime"]["pooling"],
+                    manifest["runtime"]["normalize_embeddings"],
+                )
+                for index in range(len(golden["texts"]))
+            ]
+        )
+    cosines = cosine_rows(embeddings, expected)
+    assert cosines.min() >= golden["thresholds"]["embedding_cosine_min"]
