@@ -100,14 +100,18 @@ def render_report(
     ]
     failing = [a for a in attempts if a.status != "passed"]
     if failing:
-        lines += ["### Why candidates were rejected", ""]
+        lines += ["### Why the others were not shipped", ""]
         for attempt in failing:
             reasons = (
                 attempt.validation.failures
                 if attempt.validation and attempt.validation.failures
                 else [attempt.detail]
             )
-            lines.append(f"- `{attempt.recipe_id}`: " + "; ".join(r for r in reasons if r))
+            variant = f" ({attempt.variant})" if attempt.variant else ""
+            lines.append(
+                f"- `{attempt.recipe_id}`{variant} ({attempt.status}): "
+                + "; ".join(r for r in reasons if r)
+            )
         lines.append("")
     if plan.dropped:
         lines += ["## Dropped at planning time", ""]
