@@ -200,7 +200,10 @@ def _sysctl_text() -> str:
     try:
         result = subprocess.run(
             ["sysctl", "hw.optional", "machdep.cpu"],
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return ""

@@ -187,6 +187,7 @@ class CandidateEvaluator:
         progress: Progress,
         export_cache: Path | None = None,
         workload: Workload | None = None,
+        exports: dict[str, ExportedModel] | None = None,
     ) -> None:
         self.export_cache = export_cache
         self.info = info
@@ -198,7 +199,7 @@ class CandidateEvaluator:
         self.workdir = workdir
         self.trust_remote_code = trust_remote_code
         self.progress = progress
-        self._exports: dict[str, ExportedModel] = {}
+        self._exports: dict[str, ExportedModel] = dict(exports or {})
         self.artifacts: dict[str, Artifact] = {}
         self.candidates: dict[str, Candidate] = {}
 
@@ -468,8 +469,8 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             progress,
             request.export_cache,
             workload,
+            exports={"onnxruntime": evaluator_export},
         )
-        evaluator._exports["onnxruntime"] = evaluator_export
         progress.stage("Measuring the ONNX Runtime fp32 baseline")
         baseline = evaluator.baseline()
 

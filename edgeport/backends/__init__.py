@@ -43,7 +43,6 @@ class Artifact:
     files: tuple[str, ...]
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
-    excluded_nodes: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -59,9 +58,7 @@ class Artifact:
         """The model's own files (graph and weights), without tokenizer files beside them."""
         stem = self.model_file.rsplit(".", 1)[0]
         return sum(
-            (self.directory / name).stat().st_size
-            for name in self.files
-            if name.startswith(stem)
+            (self.directory / name).stat().st_size for name in self.files if name.startswith(stem)
         )
 
 

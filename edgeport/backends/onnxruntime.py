@@ -162,7 +162,6 @@ class OnnxRuntimeBackend:
         target = workdir / "out" / MODEL_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
         quantization = recipe.quantize
-        excluded: tuple[str, ...] = ()
         scheme = quantization.scheme
         if scheme == "none":
             self._copy_model(source, target)
@@ -184,7 +183,6 @@ class OnnxRuntimeBackend:
             files=_model_files(target.parent),
             input_names=inputs,
             output_names=outputs,
-            excluded_nodes=excluded,
             notes=tuple(notes),
         )
 
@@ -254,6 +252,7 @@ class OnnxRuntimeBackend:
             str(source),
             str(target),
             op_types_to_quantize=quantization.op_types,
+            nodes_to_exclude=list(quantization.exclude_nodes) or None,
             per_channel=quantization.per_channel,
             reduce_range=quantization.reduce_range,
             weight_type=weight_type,
@@ -288,6 +287,7 @@ class OnnxRuntimeBackend:
             _CalibrationReader(calibration, inputs),
             quant_format=QuantFormat.QDQ if quantization.format == "QDQ" else QuantFormat.QOperator,
             op_types_to_quantize=quantization.op_types,
+            nodes_to_exclude=list(quantization.exclude_nodes) or None,
             per_channel=quantization.per_channel,
             reduce_range=quantization.reduce_range,
             activation_type=activation_type,
