@@ -182,6 +182,14 @@ class GraphOptimization(StrictModel):
         default=False,
         description="Fuse attention/layernorm/gelu subgraphs into single kernels.",
     )
+    remove_padding: bool = Field(
+        default=False,
+        description=(
+            "Encoders: run the token-wise layers on the real tokens of a padded batch only "
+            "(attention still sees the padded layout). Exact; checked against the unchanged "
+            "graph at build time. OpenVINO only; ignored for decoders."
+        ),
+    )
 
 
 QuantScheme = Literal["none", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight"]

@@ -139,8 +139,8 @@ def test_each_scheme_builds_and_agrees(ov: Setup, reference: np.ndarray, recipe_
     assert cosine.min() >= SCHEMES[recipe_id], (recipe_id, cosine)
     fp32_bin = (ov.exported.directory / "openvino_model.bin").stat().st_size
     weights = (artifact.directory / "openvino_model.bin").stat().st_size
-    if recipe_id == "openvino-fp32":
-        assert weights == fp32_bin
+    if recipe_id == "openvino-fp32":  # fp32 weights, plus a few constants of padding removal
+        assert fp32_bin <= weights <= fp32_bin + 1024
     else:
         assert weights < 0.6 * fp32_bin, (recipe_id, weights, fp32_bin)
 

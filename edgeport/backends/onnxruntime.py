@@ -151,6 +151,10 @@ class OnnxRuntimeBackend:
         workdir.mkdir(parents=True, exist_ok=True)
         notes: list[str] = []
         source = exported.directory / exported.model_file
+        if recipe.graph.remove_padding:
+            raise UnsupportedError(
+                f"recipe {recipe.id}: graph.remove_padding is implemented for OpenVINO only"
+            )
 
         if recipe.graph.transformer_fusion:
             fused = workdir / "fused.onnx"

@@ -16,6 +16,7 @@ from edgeport.backends.openvino_decoder import (
     calibration_items,
     is_stateful_decoder,
 )
+from edgeport.backends.openvino_padding import PaddingKept, remove_padding
 from edgeport.backends.weight_only import MIN_GROUP_SIZE, choose_group_size, search_patterns
 from edgeport.errors import UnsupportedError
 from edgeport.schemas import device_is_accelerator
@@ -169,6 +170,47 @@ def _copy_tokenizer(source: Path, target: Path) -> tuple[str, ...]:
     return tuple(copied) if set(TOKENIZER_FILES) <= set(copied) else ()
 
 
+# How far the unpadded graph may stray from the padded one at real tokens, relative to the
+# largest output: only float summation order differs, a wrong rewrite is off by O(1).
+PACKING_TOLERANCE = 1e-4
+
+
+def padded_batch(calibration: Sequence[Feeds], size: int = 8) -> Feeds | None:
+    """Up to `size` calibration inputs right-padded into one batch (pads masked out)."""
+    import numpy as np
+
+    items = [feeds for feeds in calibration if "attention_mask" in feeds][:size]
+    if not items:
+        return None
+    width = max(int(feeds["attention_mask"].shape[-1]) for feeds in items)
+    batch: dict[str, np.ndarray] = {}
+    for name in items[0]:
+        rows = [
+            np.pad(feeds[name], [(0, 0), (0, width - feeds[name].shape[-1])]) for feeds in items
+        ]
+        batch[name] = np.concatenate(rows, axis=0)
+    return batch
+
+
+def _relative_error_at_tokens(original: Any, rewritten: Any, feeds: Feeds) -> float:
+    import numpy as np
+
+    mask = feeds["attention_mask"].astype(bool)
+    results = []
+    for model in (original, rewritten):
+        compiled = _core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        names = [port.get_any_name() for port in compiled.inputs]
+        outputs = compiled({name: feeds[name] for name in names})
+        results.append([np.asarray(outputs[port]) for port in compiled.outputs])
+    worst = 0.0
+    for expected, actual in zip(*results, strict=True):
+        if expected.shape[:2] == mask.shape:
+            expected, actual = expected[mask], actual[mask]
+        scale = float(np.abs(expected).max(initial=0.0)) or 1.0
+        worst = max(worst, float(np.abs(expected - actual).max(initial=0.0)) / scale)
+    return worst
+
+
 class OpenVinoBackend:
     target_id = "openvino"
 
@@ -246,6 +288,9 @@ class OpenVinoBackend:
         out = workdir / (f"out-{len(excluded)}-float" if excluded else "out")
         out.mkdir(parents=True, exist_ok=True)
         ir = _core().read_model(str(exported.directory / exported.model_file))
+        if candidate.recipe.graph.remove_padding and model.family == "encoder":
+            ir, padding_note = self._remove_padding(ir, calibration)
+            notes.append(padding_note)
 
         scheme = quantization.scheme
         # NNCF draws progress bars on stdout, which belongs to `--json`.
@@ -260,10 +305,11 @@ class OpenVinoBackend:
                 result, note = self._compress_int4(ir, quantization, calibration)
                 notes += [note] if note else []
             elif scheme == "int8-static":
+                graph = ir.clone()  # the copy with explicit weight quantisers starts here too
                 result = self._quantize_static(ir, quantization, calibration, exported.input_names)
                 if quantization.mixed_precision and not excluded:
                     _QUANTIZED_IN_MEMORY[str(out / MODEL_FILE)] = self._quantize_static(
-                        _core().read_model(str(exported.directory / exported.model_file)),
+                        graph,
                         quantization,
                         calibration,
                         exported.input_names,
@@ -333,6 +379,27 @@ class OpenVinoBackend:
         return OpenVinoSession(artifact.model_path, device, threads)
 
     # ----------------------------------------------------------------- steps
+
+    @staticmethod
+    def _remove_padding(ir: Any, calibration: Sequence[Feeds]) -> tuple[Any, str]:
+        """The unpadded graph when it computes what `ir` does at every real token."""
+        try:
+            unpadded = remove_padding(ir)
+        except PaddingKept as exc:
+            return ir, f"padding kept: {exc}"
+        batch = padded_batch(calibration)
+        if batch is None:
+            return ir, "padding kept: no calibration texts to check the unpadded graph on"
+        error = _relative_error_at_tokens(ir, unpadded, batch)
+        if error > PACKING_TOLERANCE:
+            return ir, f"padding kept: the unpadded graph differs by {error:.2g} (relative)"
+        real = int(batch["attention_mask"].sum())
+        mask = batch["attention_mask"]
+        return unpadded, (
+            "padding removed: token-wise layers run on real tokens only; identical at every "
+            f"real token of {mask.shape[0]} padded calibration texts ({real} of {mask.size} "
+            "positions real)"
+        )
 
     @staticmethod
     def _ignored_scope(quantization: Quantization) -> Any:

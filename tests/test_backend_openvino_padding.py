@@ -1,0 +1,179 @@
+"""Padding removal: the unpadded OpenVINO graph computes the same thing at every real token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from conftest import TRAINING_TEXT
+
+from edgeport.backends import Feeds
+from edgeport.backends import openvino as openvino_backend
+from edgeport.backends.openvino import OpenVinoBackend, padded_batch
+from edgeport.backends.openvino_padding import PaddingKept, remove_padding
+from edgeport.catalog import load_catalog
+from edgeport.errors import UnsupportedError
+from edgeport.hub import resolve
+from edgeport.model_info import inspect_model
+from edgeport.schemas import Candidate, ModelInfo
+from edgeport.text_inputs import TextEncoder
+
+pytestmark = pytest.mark.openvino
+
+# Lengths 1 to ~20 tokens in one batch: most positions are padding.
+TEXTS = ["ok", "short text", *TRAINING_TEXT[:4], "a somewhat longer sentence about tokens " * 3]
+
+
+class Exported:
+    def __init__(self, folder: Path, workdir: Path) -> None:
+        import openvino as ov
+
+        self.info: ModelInfo = inspect_model(resolve(str(folder)))
+        self.backend = OpenVinoBackend()
+        self.exported = self.backend.export(self.info, workdir, trust_remote_code=False)
+        self.model = ov.Core().read_model(str(self.exported.directory / self.exported.model_file))
+        encoder = TextEncoder(folder, self.info.max_length, self.exported.input_names)
+        self.batch: Feeds = encoder.encode(TEXTS)
+        self.single: Feeds = encoder.encode([TEXTS[2]])
+        self.calibration = [encoder.encode([text]) for text in TRAINING_TEXT]
+        self.workdir = workdir
+
+
+def _run(model: Any, feeds: Feeds) -> dict[str, np.ndarray]:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    names = [port.get_any_name() for port in compiled.inputs]
+    results = compiled({name: feeds[name] for name in names})
+    return {port.get_any_name(): np.asarray(results[port]) for port in compiled.outputs}
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    return Exported(tiny_bert, tmp_path_factory.mktemp("ov-padding"))
+
+
+def test_hidden_states_are_unchanged_at_real_tokens_and_zero_at_padding(bert: Exported) -> None:
+    mask = bert.batch["attention_mask"].astype(bool)
+    assert (~mask).sum() > mask.sum() / 2  # the batch is mostly padding
+    expected = _run(bert.model, bert.batch)["last_hidden_state"]
+    actual = _run(remove_padding(bert.model), bert.batch)["last_hidden_state"]
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual[mask], expected[mask], rtol=1e-5, atol=1e-5)
+    assert not actual[~mask].any()
+
+
+def test_a_batch_without_padding_is_unchanged(bert: Exported) -> None:
+    expected = _run(bert.model, bert.single)["last_hidden_state"]
+    actual = _run(remove_padding(bert.model), bert.single)["last_hidden_state"]
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_original_graph_is_left_alone(bert: Exported) -> None:
+    before = len(bert.model.get_ops())
+    remove_padding(bert.model)
+    assert len(bert.model.get_ops()) == before
+
+
+def test_a_classifier_reading_the_first_token_gets_the_same_logits(
+    tiny_bert_classifier: Path, tmp_path: Path
+) -> None:
+    classifier = Exported(tiny_bert_classifier, tmp_path)
+    expected = _run(classifier.model, classifier.batch)
+    actual = _run(remove_padding(classifier.model), classifier.batch)
+    assert set(actual) == set(expected)
+    for name, values in expected.items():
+        np.testing.assert_allclose(actual[name], values, rtol=1e-4, atol=1e-5)
+
+
+def test_a_graph_without_attention_is_refused_with_the_reason() -> None:
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    tokens = ops.parameter([-1, -1, 4], np.float32, name="hidden")
+    mask = ops.parameter([-1, -1], np.int64, name="attention_mask")
+    mask.output(0).set_names({"attention_mask"})
+    weight = ops.constant(np.ones((4, 4), np.float32))
+    model = ov.Model([ops.matmul(tokens, weight, False, False)], [tokens, mask])
+    with pytest.raises(PaddingKept, match="no ScaledDotProductAttention"):
+        remove_padding(model)
+
+
+def _candidate(recipe_id: str) -> Candidate:
+    catalog = load_catalog()
+    recipe = catalog.recipe(recipe_id)
+    return Candidate(
+        recipe=recipe,
+        target=catalog.targets[recipe.target],
+        device="CPU" if recipe.target == "openvino" else "CPUExecutionProvider",
+        estimated_memory_mb=1.0,
+        estimated_size_mb=1.0,
+        estimated_speedup=1.0,
+        reason="test",
+    )
+
+
+def test_the_bundle_says_padding_was_removed(bert: Exported) -> None:
+    artifact = bert.backend.build(
+        bert.exported, _candidate("openvino-fp32"), bert.info, bert.calibration, bert.workdir / "a"
+    )
+    assert any(note.startswith("padding removed") for note in artifact.notes), artifact.notes
+    session = bert.backend.load(artifact, "CPU", 1)
+    mask = bert.batch["attention_mask"].astype(bool)
+    expected = _run(bert.model, bert.batch)["last_hidden_state"]
+    actual = session.run(bert.batch)["last_hidden_state"]
+    np.testing.assert_allclose(actual[mask], expected[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_a_rewrite_that_changes_the_outputs_is_not_shipped(
+    bert: Exported, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openvino.opset13 as ops
+
+    def off_by_one_percent(model: Any) -> Any:
+        unpadded = remove_padding(model)
+        result = unpadded.get_results()[0]
+        scaled = ops.multiply(result.input_value(0), ops.constant(np.float32(1.01)))
+        result.input(0).replace_source_output(scaled.output(0))
+        return unpadded
+
+    monkeypatch.setattr(openvino_backend, "remove_padding", off_by_one_percent)
+    artifact = bert.backend.build(
+        bert.exported, _candidate("openvino-fp32"), bert.info, bert.calibration, bert.workdir / "b"
+    )
+    assert any("padding kept: the unpadded graph differs" in n for n in artifact.notes)
+    session = bert.backend.load(artifact, "CPU", 1)
+    expected = _run(bert.model, bert.batch)["last_hidden_state"]
+    np.testing.assert_allclose(
+        session.run(bert.batch)["last_hidden_state"], expected, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_padded_batch_right_pads_calibration_texts(bert: Exported) -> None:
+    batch = padded_batch(bert.calibration, size=3)
+    assert batch is not None
+    lengths = [int(feeds["attention_mask"].sum()) for feeds in bert.calibration[:3]]
+    assert batch["attention_mask"].sum(axis=1).tolist() == lengths
+    assert batch["input_ids"].shape == (3, max(lengths))
+    assert padded_batch([]) is None
+
+
+def test_onnx_runtime_refuses_a_recipe_asking_for_padding_removal(
+    bert: Exported, tmp_path: Path
+) -> None:
+    from edgeport.backends.onnxruntime import OnnxRuntimeBackend
+
+    candidate = _candidate("onnx-fp32")
+    recipe = candidate.recipe.model_copy(
+        update={"graph": candidate.recipe.graph.model_copy(update={"remove_padding": True})}
+    )
+    with pytest.raises(UnsupportedError, match="OpenVINO only"):
+        OnnxRuntimeBackend().build(
+            bert.exported, candidate.model_copy(update={"recipe": recipe}), bert.info, [], tmp_path
+        )
