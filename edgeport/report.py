@@ -85,6 +85,8 @@ def render_report(
         if candidate is not None:
             lines.append(f"  - planned because: {candidate.reason}")
             lines.append(f"  - recipe: {candidate.recipe.description}")
+        if chosen.detail:  # what the build did: padding removed, layers kept in float, ...
+            lines.append(f"  - built: {chosen.detail}")
     lines += ["", "## Candidates evaluated", ""]
     lines += attempts_table(attempts, chosen)
     if tradeoff_image:
@@ -93,9 +95,9 @@ def render_report(
         "",
         "Latency is the median of timed runs on the build host (not the device) with the "
         "device's thread count, capped at the host's cores; `vs fp32` divides by the plain "
-        "ONNX Runtime fp32 export measured in the same run; for candidates that passed it is "
-        "the median of three back-to-back pairs (baseline, candidate), which cancels the "
-        "drift of background load.",
+        "ONNX Runtime fp32 export (default session options) measured in the same run; for "
+        "candidates that passed it is the median of three back-to-back pairs (baseline, "
+        "candidate), which cancels the drift of background load.",
         "",
     ]
     failing = [a for a in attempts if a.status != "passed"]

@@ -177,7 +177,6 @@ class Target(StrictModel):
 
 
 class GraphOptimization(StrictModel):
-    level: Literal["none", "basic", "extended"] = "basic"
     transformer_fusion: bool = Field(
         default=False,
         description="Fuse attention/layernorm/gelu subgraphs into single kernels.",
@@ -187,7 +186,7 @@ class GraphOptimization(StrictModel):
         description=(
             "Encoders: run the token-wise layers on the real tokens of a padded batch only "
             "(attention still sees the padded layout). Exact; checked against the unchanged "
-            "graph at build time. OpenVINO only; ignored for decoders."
+            "graph at build time. OpenVINO on CPU; ignored for decoders."
         ),
     )
 

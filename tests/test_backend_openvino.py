@@ -150,6 +150,7 @@ def test_accelerator_device_is_emulated_on_cpu_with_a_note(
 ) -> None:
     artifact = ov.build("openvino-fp16", device="GPU")
     assert any("GPU not present here" in note for note in artifact.notes)
+    assert "padding kept: removed on CPU only, not on GPU" in artifact.notes
     cosine = (ov.embed(artifact, device="GPU") * reference).sum(axis=-1)
     assert cosine.min() >= 0.99
 

@@ -177,3 +177,71 @@ def test_onnx_runtime_refuses_a_recipe_asking_for_padding_removal(
         OnnxRuntimeBackend().build(
             bert.exported, candidate.model_copy(update={"recipe": recipe}), bert.info, [], tmp_path
         )
+
+
+def _export_random_encoder(model_type: str, folder: Path) -> Any:
+    """A random 2-layer encoder of `model_type` exported by optimum-intel, as an ov.Model."""
+    import warnings
+
+    import openvino as ov
+    import torch
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig
+    from transformers import AutoConfig, AutoModel
+
+    sizes: dict[str, Any] = (
+        {"dim": 32, "n_heads": 4, "hidden_dim": 64, "n_layers": 2}
+        if model_type == "distilbert"
+        else {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+        }
+    )
+    config = AutoConfig.for_model(model_type, vocab_size=300, max_position_embeddings=64, **sizes)
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(str(folder))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings
+        main_export(
+            model_name_or_path=str(folder),
+            output=folder / "ov",
+            task="feature-extraction",
+            library_name="transformers",
+            ov_config=OVConfig(dtype="fp32"),
+            convert_tokenizer=False,
+        )
+    return ov.Core().read_model(str(folder / "ov" / "openvino_model.xml"))
+
+
+def _random_padded_batch(model: Any) -> Feeds:
+    lengths = np.array([3, 11, 17, 5])
+    width = int(lengths.max())
+    ids = np.random.default_rng(0).integers(5, 290, (len(lengths), width))
+    feeds: Feeds = {
+        "input_ids": ids.astype(np.int64),
+        "attention_mask": (np.arange(width)[None] < lengths[:, None]).astype(np.int64),
+    }
+    names = {port.get_any_name() for port in model.inputs}
+    if "token_type_ids" in names:
+        feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+    return feeds
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert"])
+def test_other_encoder_families_are_unchanged_at_real_tokens(
+    model_type: str, tmp_path: Path
+) -> None:
+    model = _export_random_encoder(model_type, tmp_path)
+    feeds = _random_padded_batch(model)
+    mask = feeds["attention_mask"].astype(bool)
+    expected = _run(model, feeds)["last_hidden_state"]
+    actual = _run(remove_padding(model), feeds)["last_hidden_state"]
+    np.testing.assert_allclose(actual[mask], expected[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_an_encoder_exported_without_sdpa_keeps_its_padding(tmp_path: Path) -> None:
+    model = _export_random_encoder("electra", tmp_path)  # optimum-intel traces eager attention
+    with pytest.raises(PaddingKept, match="no ScaledDotProductAttention"):
+        remove_padding(model)

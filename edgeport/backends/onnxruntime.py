@@ -37,29 +37,24 @@ _FUSION_MODEL_TYPES = {
 # Fused contrib ops (Attention, SkipLayerNorm) defeat ONNX shape inference; telling the
 # quantiser that untyped tensors are float lets it quantise the MatMuls around them.
 _QUANT_EXTRA_OPTIONS = {"MatMulConstBOnly": True, "DefaultTensorType": 1}  # TensorProto.FLOAT
-_GRAPH_LEVELS = {
-    "none": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-}
-
-
-def session_options(threads: int, level: str = "basic") -> Any:
+def session_options(threads: int) -> Any:
+    """ONNX Runtime's default graph optimisations (ORT_ENABLE_ALL), as the bundle's run.py
+    and verify.py get them on the device: what is validated and timed here is what runs
+    there, and the fp32 baseline is ONNX Runtime as its users run it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS[level])
     return options
 
 
 class OnnxSession:
-    def __init__(self, path: Path, threads: int, level: str) -> None:
+    def __init__(self, path: Path, threads: int) -> None:
         import onnxruntime as ort
 
         self._session = ort.InferenceSession(
-            str(path), session_options(threads, level), providers=["CPUExecutionProvider"]
+            str(path), session_options(threads), providers=["CPUExecutionProvider"]
         )
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
@@ -194,8 +189,8 @@ class OnnxRuntimeBackend:
         self, artifact: Artifact, device: str, threads: int
     ) -> OnnxSession | OnnxDecoderSession:
         if has_kv_cache(graph_input_names(artifact.model_path)):
-            return OnnxDecoderSession(artifact.model_path, session_options(threads, "basic"))
-        return OnnxSession(artifact.model_path, threads, "basic")
+            return OnnxDecoderSession(artifact.model_path, session_options(threads))
+        return OnnxSession(artifact.model_path, threads)
 
     # ------------------------------------------------- decoder (language model) steps
 

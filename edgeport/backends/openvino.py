@@ -289,8 +289,12 @@ class OpenVinoBackend:
         out.mkdir(parents=True, exist_ok=True)
         ir = _core().read_model(str(exported.directory / exported.model_file))
         if candidate.recipe.graph.remove_padding and model.family == "encoder":
-            ir, padding_note = self._remove_padding(ir, calibration)
-            notes.append(padding_note)
+            if device_is_accelerator(candidate.device):
+                # GPU and NPU plugins want static shapes; the packed token count is not.
+                notes.append(f"padding kept: removed on CPU only, not on {candidate.device}")
+            else:
+                ir, padding_note = self._remove_padding(ir, calibration)
+                notes.append(padding_note)
 
         scheme = quantization.scheme
         # NNCF draws progress bars on stdout, which belongs to `--json`.
@@ -387,6 +391,8 @@ class OpenVinoBackend:
             unpadded = remove_padding(ir)
         except PaddingKept as exc:
             return ir, f"padding kept: {exc}"
+        except Exception as exc:  # a graph shape the rewrite did not foresee: keep padding
+            return ir, f"padding kept: rewrite failed ({type(exc).__name__}: {exc})"
         batch = padded_batch(calibration)
         if batch is None:
             return ir, "padding kept: no calibration texts to check the unpadded graph on"
