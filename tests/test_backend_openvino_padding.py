@@ -245,3 +245,52 @@ def test_an_encoder_exported_without_sdpa_keeps_its_padding(tmp_path: Path) -> N
     model = _export_random_encoder("electra", tmp_path)  # optimum-intel traces eager attention
     with pytest.raises(PaddingKept, match="no ScaledDotProductAttention"):
         remove_padding(model)
+
+
+def _one_layer_encoder(seq_len: int, positional: bool) -> Any:
+    """input -> Q/K/V -> heads -> SDPA -> merge -> O proj [-> + a [1, S, H] constant]."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    hidden, heads = 8, 2
+    rng = np.random.default_rng(1)
+    x = ops.parameter([-1, seq_len, hidden], np.float32, name="hidden_states")
+    mask = ops.parameter([-1, seq_len], np.int64, name="attention_mask")
+    mask.output(0).set_names({"attention_mask"})
+
+    def weight(*shape: int) -> Any:
+        return ops.constant(rng.standard_normal(shape).astype(np.float32))
+
+    def split_heads(value: Any) -> Any:
+        shaped = ops.reshape(value, ops.constant(np.array([0, 0, heads, hidden // heads])), True)
+        return ops.transpose(shaped, ops.constant(np.array([0, 2, 1, 3])))
+
+    projections = [ops.add(ops.matmul(x, weight(hidden, hidden), False, False), weight(hidden))]
+    projections += [ops.matmul(x, weight(hidden, hidden), False, False) for _ in range(2)]
+    keep = ops.unsqueeze(ops.not_equal(mask, ops.constant(np.int64(0))), ops.constant([1, 2]))
+    attention = ops.scaled_dot_product_attention(
+        *[split_heads(p) for p in projections], keep, causal=False
+    )
+    merged = ops.reshape(
+        ops.transpose(attention, ops.constant(np.array([0, 2, 1, 3]))),
+        ops.constant(np.array([0, 0, hidden])),
+        True,
+    )
+    out = ops.matmul(merged, weight(hidden, hidden), False, False)
+    if positional:  # differs per position: cannot run on packed tokens
+        out = ops.add(out, weight(1, seq_len, hidden))
+    out = ops.gelu(out, "erf")
+    return ov.Model([out], [x, mask])
+
+
+@pytest.mark.parametrize("positional", [False, True])
+def test_a_per_position_constant_reads_the_unpacked_tensor(positional: bool) -> None:
+    model = _one_layer_encoder(seq_len=6, positional=positional)
+    feeds: Feeds = {
+        "hidden_states": np.random.default_rng(2).standard_normal((3, 6, 8)).astype(np.float32),
+        "attention_mask": (np.arange(6)[None] < np.array([[2], [6], [4]])).astype(np.int64),
+    }
+    mask = feeds["attention_mask"].astype(bool)
+    expected = next(iter(_run(model, feeds).values()))
+    actual = next(iter(_run(remove_padding(model), feeds).values()))
+    np.testing.assert_allclose(actual[mask], expected[mask], rtol=1e-5, atol=1e-5)
