@@ -88,3 +88,18 @@ class TextEncoder:
 
     def batches(self, texts: Sequence[str], batch_size: int) -> list[Feeds]:
         return [self.encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+
+
+def right_pad(items: Sequence[Feeds]) -> list[Feeds]:
+    """Each input right-padded with zeros to the widest one's length; the attention mask
+    marks the padding, so the model's outputs at real tokens do not change."""
+    import numpy as np
+
+    width = max((int(feeds["attention_mask"].shape[-1]) for feeds in items), default=0)
+    return [
+        {
+            name: np.pad(values, [(0, 0), (0, width - values.shape[-1])])
+            for name, values in feeds.items()
+        }
+        for feeds in items
+    ]

@@ -16,6 +16,7 @@ from edgeport.backends.onnxruntime_decoder import (
     quantize_weight_only,
 )
 from edgeport.errors import UnsupportedError
+from edgeport.text_inputs import right_pad
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,6 +38,8 @@ _FUSION_MODEL_TYPES = {
 # Fused contrib ops (Attention, SkipLayerNorm) defeat ONNX shape inference; telling the
 # quantiser that untyped tensors are float lets it quantise the MatMuls around them.
 _QUANT_EXTRA_OPTIONS = {"MatMulConstBOnly": True, "DefaultTensorType": 1}  # TensorProto.FLOAT
+
+
 def session_options(threads: int) -> Any:
     """ONNX Runtime's default graph optimisations (ORT_ENABLE_ALL), as the bundle's run.py
     and verify.py get them on the device: what is validated and timed here is what runs
@@ -114,10 +117,10 @@ class OnnxRuntimeBackend:
 
         out = workdir / "export"
         try:
-            # Tracing a KV-cache decoder emits TracerWarnings by design.
+            # Tracing emits TracerWarnings by design (attention masks, KV caches); under
+            # `-W error` they would abort the export.
             with warnings.catch_warnings():
-                if model.family == "decoder":
-                    warnings.simplefilter("ignore")
+                warnings.simplefilter("ignore")
                 main_export(
                     str(model.local_path),
                     out,
@@ -271,6 +274,12 @@ class OnnxRuntimeBackend:
 
         if not calibration:
             raise UnsupportedError("static int8 needs calibration samples")
+        if quantization.calibration_method != "minmax" and all(
+            "attention_mask" in feeds for feeds in calibration
+        ):
+            # ORT's histogram calibrators stack every sample's activations into one
+            # array: the texts must share one width.
+            calibration = right_pad(calibration)
         prepared = workdir / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         inputs, _ = _io_names(prepared)

@@ -20,6 +20,7 @@ from edgeport.backends.openvino_padding import PaddingKept, remove_padding
 from edgeport.backends.weight_only import MIN_GROUP_SIZE, choose_group_size, search_patterns
 from edgeport.errors import UnsupportedError
 from edgeport.schemas import device_is_accelerator
+from edgeport.text_inputs import right_pad
 
 if TYPE_CHECKING:
     import numpy as np
@@ -179,17 +180,10 @@ def padded_batch(calibration: Sequence[Feeds], size: int = 8) -> Feeds | None:
     """Up to `size` calibration inputs right-padded into one batch (pads masked out)."""
     import numpy as np
 
-    items = [feeds for feeds in calibration if "attention_mask" in feeds][:size]
+    items = right_pad([feeds for feeds in calibration if "attention_mask" in feeds][:size])
     if not items:
         return None
-    width = max(int(feeds["attention_mask"].shape[-1]) for feeds in items)
-    batch: dict[str, np.ndarray] = {}
-    for name in items[0]:
-        rows = [
-            np.pad(feeds[name], [(0, 0), (0, width - feeds[name].shape[-1])]) for feeds in items
-        ]
-        batch[name] = np.concatenate(rows, axis=0)
-    return batch
+    return {name: np.concatenate([feeds[name] for feeds in items]) for name in items[0]}
 
 
 def _relative_error_at_tokens(original: Any, rewritten: Any, feeds: Feeds) -> float:
