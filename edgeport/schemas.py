@@ -186,7 +186,8 @@ class GraphOptimization(StrictModel):
         description=(
             "Encoders: run the token-wise layers on the real tokens of a padded batch only "
             "(attention still sees the padded layout). Exact; checked against the unchanged "
-            "graph at build time. OpenVINO on CPU; ignored for decoders."
+            "graph at build time. CPU only; on ONNX Runtime it needs transformer_fusion "
+            "(the fused Attention op); ignored for decoders."
         ),
     )
 

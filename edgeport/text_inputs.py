@@ -103,3 +103,13 @@ def right_pad(items: Sequence[Feeds]) -> list[Feeds]:
         }
         for feeds in items
     ]
+
+
+def padded_batch(items: Sequence[Feeds], size: int = 8) -> Feeds | None:
+    """Up to `size` inputs right-padded into one batch (the padding masked out)."""
+    import numpy as np
+
+    padded = right_pad([feeds for feeds in items if "attention_mask" in feeds][:size])
+    if not padded:
+        return None
+    return {name: np.concatenate([feeds[name] for feeds in padded]) for name in padded[0]}

@@ -20,6 +20,7 @@ from edgeport.text_inputs import TextEncoder, right_pad
 # (random weights quantise worse than trained ones).
 SCHEMES = {
     "onnx-fp32": 0.99999,
+    "onnx-fp32-fused": 0.99999,
     "onnx-fp16": 0.999,
     "onnx-int8-dynamic": 0.95,
     "onnx-int8-dynamic-per-tensor": 0.9,
@@ -110,3 +111,47 @@ def test_right_pad_gives_every_text_the_widest_length(ort: Setup) -> None:
         assert after["attention_mask"].sum() == before["attention_mask"].sum()
         length = before["input_ids"].shape[-1]
         np.testing.assert_array_equal(after["input_ids"][:, :length], before["input_ids"])
+
+
+# ------------------------------------------------------------------ padding removal
+
+
+def _outputs(path: Path, feeds: Feeds) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return np.asarray(session.run(None, {k: v for k, v in feeds.items() if k in names})[0])
+
+
+def test_fused_graph_without_padding_is_identical_at_real_tokens(ort: Setup) -> None:
+    import onnx
+
+    from edgeport.backends.onnxruntime_padding import remove_padding
+
+    fused = ort.workdir / "fused-for-padding.onnx"
+    assert ort.backend._fuse(ort.exported.directory / "model.onnx", fused, ort.info)
+    unpadded = ort.workdir / "unpadded.onnx"
+    onnx.save(remove_padding(onnx.load(str(fused))), str(unpadded))
+    mask = ort.batch["attention_mask"].astype(bool)
+    assert (~mask).any()
+    expected, actual = _outputs(fused, ort.batch), _outputs(unpadded, ort.batch)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual[mask], expected[mask], rtol=1e-5, atol=1e-5)
+    assert not actual[~mask].any()
+
+
+def test_the_fused_fp32_bundle_says_padding_was_removed(ort: Setup) -> None:
+    artifact = ort.build(ort.catalog.recipe("onnx-fp32-fused"), "fused-notes")
+    assert any(note.startswith("padding removed") for note in artifact.notes), artifact.notes
+
+
+def test_an_unfused_graph_keeps_its_padding_and_says_why(ort: Setup, reference: np.ndarray) -> None:
+    recipe = ort.catalog.recipe("onnx-fp32")
+    recipe = recipe.model_copy(
+        update={"graph": recipe.graph.model_copy(update={"remove_padding": True})}
+    )
+    artifact = ort.build(recipe, "unfused-padding")
+    assert any("padding kept: no fused Attention op" in note for note in artifact.notes)
+    cosine = (ort.embed(artifact) * reference).sum(axis=-1)
+    assert cosine.min() >= 0.99999

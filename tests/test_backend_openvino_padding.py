@@ -15,14 +15,14 @@ from conftest import TRAINING_TEXT
 
 from edgeport.backends import Feeds
 from edgeport.backends import openvino as openvino_backend
-from edgeport.backends.openvino import OpenVinoBackend, padded_batch
-from edgeport.backends.openvino_padding import PaddingKept, remove_padding
+from edgeport.backends.openvino import OpenVinoBackend
+from edgeport.backends.openvino_padding import remove_padding
+from edgeport.backends.padding import PaddingKept
 from edgeport.catalog import load_catalog
-from edgeport.errors import UnsupportedError
 from edgeport.hub import resolve
 from edgeport.model_info import inspect_model
 from edgeport.schemas import Candidate, ModelInfo
-from edgeport.text_inputs import TextEncoder
+from edgeport.text_inputs import TextEncoder, padded_batch
 
 pytestmark = pytest.mark.openvino
 
@@ -162,21 +162,6 @@ def test_padded_batch_right_pads_calibration_texts(bert: Exported) -> None:
     assert batch["attention_mask"].sum(axis=1).tolist() == lengths
     assert batch["input_ids"].shape == (3, max(lengths))
     assert padded_batch([]) is None
-
-
-def test_onnx_runtime_refuses_a_recipe_asking_for_padding_removal(
-    bert: Exported, tmp_path: Path
-) -> None:
-    from edgeport.backends.onnxruntime import OnnxRuntimeBackend
-
-    candidate = _candidate("onnx-fp32")
-    recipe = candidate.recipe.model_copy(
-        update={"graph": candidate.recipe.graph.model_copy(update={"remove_padding": True})}
-    )
-    with pytest.raises(UnsupportedError, match="OpenVINO only"):
-        OnnxRuntimeBackend().build(
-            bert.exported, candidate.model_copy(update={"recipe": recipe}), bert.info, [], tmp_path
-        )
 
 
 def _export_random_encoder(model_type: str, folder: Path) -> Any:

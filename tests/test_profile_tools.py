@@ -79,8 +79,15 @@ def test_editing_a_builtin_profile_is_not_a_duplicate() -> None:
             "board.yaml: cpu.features.1: 'avx2' is not a feature of arm64 CPUs",
         ),
     ],
-    ids=["unknown-key", "wrong-type", "negative-ram", "unknown-runtime", "unknown-device",
-         "id-not-file-name", "foreign-isa"],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "negative-ram",
+        "unknown-runtime",
+        "unknown-device",
+        "id-not-file-name",
+        "foreign-isa",
+    ],
 )
 def test_each_problem_names_file_field_and_reason(
     tmp_path: Path, change: dict[str, Any], expected: str

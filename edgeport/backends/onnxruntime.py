@@ -15,8 +15,15 @@ from edgeport.backends.onnxruntime_decoder import (
     has_kv_cache,
     quantize_weight_only,
 )
+from edgeport.backends.onnxruntime_padding import remove_padding
+from edgeport.backends.padding import (
+    PACKING_TOLERANCE,
+    PaddingKept,
+    relative_error_at_tokens,
+)
 from edgeport.errors import UnsupportedError
-from edgeport.text_inputs import right_pad
+from edgeport.schemas import device_is_accelerator
+from edgeport.text_inputs import padded_batch, right_pad
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,6 +87,13 @@ class _CalibrationReader:
 
     def rewind(self) -> None:
         self._iterator = iter(self._feeds)
+
+
+def _outputs(path: Path, feeds: Feeds) -> list[np.ndarray]:
+    import numpy as np
+
+    session = OnnxSession(path, threads=1)
+    return [np.asarray(v) for v in session.run(feeds).values()]
 
 
 def _model_files(directory: Path) -> tuple[str, ...]:
@@ -149,10 +163,6 @@ class OnnxRuntimeBackend:
         workdir.mkdir(parents=True, exist_ok=True)
         notes: list[str] = []
         source = exported.directory / exported.model_file
-        if recipe.graph.remove_padding:
-            raise UnsupportedError(
-                f"recipe {recipe.id}: graph.remove_padding is implemented for OpenVINO only"
-            )
 
         if recipe.graph.transformer_fusion:
             fused = workdir / "fused.onnx"
@@ -160,6 +170,15 @@ class OnnxRuntimeBackend:
                 source = fused
             else:
                 notes.append(f"no ORT transformer fusion for model type {model.model_type!r}")
+        if recipe.graph.remove_padding and model.family == "encoder":
+            if device_is_accelerator(candidate.device):
+                # Execution providers for accelerators compile static shapes.
+                notes.append(f"padding kept: removed on CPU only, not on {candidate.device}")
+            else:
+                source, padding_note = self._remove_padding(
+                    source, workdir / "unpadded.onnx", calibration
+                )
+                notes.append(padding_note)
 
         target = workdir / "out" / MODEL_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +230,33 @@ class OnnxRuntimeBackend:
         for path in source.parent.iterdir():
             if path.name.startswith(source.name):
                 shutil.copy2(path, target.parent / path.name.replace(source.name, target.name))
+
+    @staticmethod
+    def _remove_padding(
+        source: Path, target: Path, calibration: Sequence[Feeds]
+    ) -> tuple[Path, str]:
+        """The unpadded graph when it computes what `source` does at every real token."""
+        import onnx
+
+        try:
+            unpadded = remove_padding(onnx.load(str(source)))
+        except PaddingKept as exc:
+            return source, f"padding kept: {exc}"
+        except Exception as exc:  # a graph shape the rewrite did not foresee: keep padding
+            return source, f"padding kept: rewrite failed ({type(exc).__name__}: {exc})"
+        batch = padded_batch(calibration)
+        if batch is None:
+            return source, "padding kept: no calibration texts to check the unpadded graph on"
+        _save(unpadded, target)
+        mask = batch["attention_mask"]
+        error = relative_error_at_tokens(_outputs(source, batch), _outputs(target, batch), mask)
+        if error > PACKING_TOLERANCE:
+            return source, f"padding kept: the unpadded graph differs by {error:.2g} (relative)"
+        return target, (
+            "padding removed: token-wise layers run on real tokens only; identical at every "
+            f"real token of {mask.shape[0]} padded calibration texts "
+            f"({int(mask.sum())} of {mask.size} positions real)"
+        )
 
     @staticmethod
     def _fuse(source: Path, target: Path, model: ModelInfo) -> bool:

@@ -16,11 +16,16 @@ from edgeport.backends.openvino_decoder import (
     calibration_items,
     is_stateful_decoder,
 )
-from edgeport.backends.openvino_padding import PaddingKept, remove_padding
+from edgeport.backends.openvino_padding import remove_padding
+from edgeport.backends.padding import (
+    PACKING_TOLERANCE,
+    PaddingKept,
+    relative_error_at_tokens,
+)
 from edgeport.backends.weight_only import MIN_GROUP_SIZE, choose_group_size, search_patterns
 from edgeport.errors import UnsupportedError
 from edgeport.schemas import device_is_accelerator
-from edgeport.text_inputs import right_pad
+from edgeport.text_inputs import padded_batch
 
 if TYPE_CHECKING:
     import numpy as np
@@ -171,38 +176,13 @@ def _copy_tokenizer(source: Path, target: Path) -> tuple[str, ...]:
     return tuple(copied) if set(TOKENIZER_FILES) <= set(copied) else ()
 
 
-# How far the unpadded graph may stray from the padded one at real tokens, relative to the
-# largest output: only float summation order differs, a wrong rewrite is off by O(1).
-PACKING_TOLERANCE = 1e-4
-
-
-def padded_batch(calibration: Sequence[Feeds], size: int = 8) -> Feeds | None:
-    """Up to `size` calibration inputs right-padded into one batch (pads masked out)."""
+def _outputs(model: Any, feeds: Feeds) -> list[np.ndarray]:
     import numpy as np
 
-    items = right_pad([feeds for feeds in calibration if "attention_mask" in feeds][:size])
-    if not items:
-        return None
-    return {name: np.concatenate([feeds[name] for feeds in items]) for name in items[0]}
-
-
-def _relative_error_at_tokens(original: Any, rewritten: Any, feeds: Feeds) -> float:
-    import numpy as np
-
-    mask = feeds["attention_mask"].astype(bool)
-    results = []
-    for model in (original, rewritten):
-        compiled = _core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        names = [port.get_any_name() for port in compiled.inputs]
-        outputs = compiled({name: feeds[name] for name in names})
-        results.append([np.asarray(outputs[port]) for port in compiled.outputs])
-    worst = 0.0
-    for expected, actual in zip(*results, strict=True):
-        if expected.shape[:2] == mask.shape:
-            expected, actual = expected[mask], actual[mask]
-        scale = float(np.abs(expected).max(initial=0.0)) or 1.0
-        worst = max(worst, float(np.abs(expected - actual).max(initial=0.0)) / scale)
-    return worst
+    compiled = _core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    names = [port.get_any_name() for port in compiled.inputs]
+    results = compiled({name: feeds[name] for name in names})
+    return [np.asarray(results[port]) for port in compiled.outputs]
 
 
 class OpenVinoBackend:
@@ -390,7 +370,9 @@ class OpenVinoBackend:
         batch = padded_batch(calibration)
         if batch is None:
             return ir, "padding kept: no calibration texts to check the unpadded graph on"
-        error = _relative_error_at_tokens(ir, unpadded, batch)
+        error = relative_error_at_tokens(
+            _outputs(ir, batch), _outputs(unpadded, batch), batch["attention_mask"]
+        )
         if error > PACKING_TOLERANCE:
             return ir, f"padding kept: the unpadded graph differs by {error:.2g} (relative)"
         real = int(batch["attention_mask"].sum())

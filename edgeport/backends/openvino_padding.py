@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeport.backends.padding import PaddingKept
+
 MASK_INPUT = "attention_mask"
 # Layout-only ops between a projection and the attention (heads split and merged).
 _LAYOUT_OPS = {"Transpose", "Reshape"}
@@ -30,10 +32,6 @@ _TOKENWISE_OPS = {
     "HSigmoid", "Mish", "SoftPlus", "Elu", "Clamp", "Convert", "Sqrt", "Exp", "Abs",
     "Negative",
 }  # fmt: skip
-
-
-class PaddingKept(ValueError):
-    """The graph is not the shape this rewrite understands; the message says why."""
 
 
 def _is_constant(value: Any) -> bool:
