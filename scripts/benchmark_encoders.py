@@ -87,6 +87,12 @@ def nncf_default(ov_dir: Path, calibration: list[Feeds], out: Path) -> Artifact:
     return artifact_of(out, "openvino_model.xml")
 
 
+def with_padding(recipe: Recipe) -> Recipe:
+    """`recipe` as peers run it: the padding kept."""
+    graph = recipe.graph.model_copy(update={"remove_padding": False})
+    return recipe.model_copy(update={"graph": graph})
+
+
 def edgeport_recipe(
     recipe: Recipe,
     exported: ExportedModel,
@@ -153,7 +159,11 @@ def main() -> int:
                     "ORT transformer fusion + dynamic int8, per-channel",
                     "onnxruntime",
                     edgeport_recipe(
-                        catalog.recipe("onnx-int8-dynamic"), exported, info, [], work / "dyn"
+                        with_padding(catalog.recipe("onnx-int8-dynamic")),
+                        exported,
+                        info,
+                        [],
+                        work / "dyn",
                     ),
                 )
             )
@@ -196,9 +206,7 @@ def main() -> int:
         )
         shipped = Recipe.model_validate(manifest["recipe"])
         if shipped.graph.remove_padding:
-            padded = shipped.model_copy(
-                update={"graph": shipped.graph.model_copy(update={"remove_padding": False})}
-            )
+            padded = with_padding(shipped)
             with contextlib.redirect_stdout(sys.stderr):
                 own_export = get_backend(shipped.target).export(
                     info, work / "edgeport-export", trust_remote_code=False
