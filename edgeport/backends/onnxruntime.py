@@ -16,14 +16,10 @@ from edgeport.backends.onnxruntime_decoder import (
     quantize_weight_only,
 )
 from edgeport.backends.onnxruntime_padding import remove_padding
-from edgeport.backends.padding import (
-    PACKING_TOLERANCE,
-    PaddingKept,
-    relative_error_at_tokens,
-)
+from edgeport.backends.padding import remove_padding_checked
 from edgeport.errors import UnsupportedError
 from edgeport.schemas import device_is_accelerator
-from edgeport.text_inputs import padded_batch, right_pad
+from edgeport.text_inputs import right_pad
 
 if TYPE_CHECKING:
     import numpy as np
@@ -235,28 +231,13 @@ class OnnxRuntimeBackend:
     def _remove_padding(
         source: Path, target: Path, calibration: Sequence[Feeds]
     ) -> tuple[Path, str]:
-        """The unpadded graph when it computes what `source` does at every real token."""
-        import onnx
+        def rewrite(path: Path) -> Path:
+            import onnx
 
-        try:
-            unpadded = remove_padding(onnx.load(str(source)))
-        except PaddingKept as exc:
-            return source, f"padding kept: {exc}"
-        except Exception as exc:  # a graph shape the rewrite did not foresee: keep padding
-            return source, f"padding kept: rewrite failed ({type(exc).__name__}: {exc})"
-        batch = padded_batch(calibration)
-        if batch is None:
-            return source, "padding kept: no calibration texts to check the unpadded graph on"
-        _save(unpadded, target)
-        mask = batch["attention_mask"]
-        error = relative_error_at_tokens(_outputs(source, batch), _outputs(target, batch), mask)
-        if error > PACKING_TOLERANCE:
-            return source, f"padding kept: the unpadded graph differs by {error:.2g} (relative)"
-        return target, (
-            "padding removed: token-wise layers run on real tokens only; identical at every "
-            f"real token of {mask.shape[0]} padded calibration texts "
-            f"({int(mask.sum())} of {mask.size} positions real)"
-        )
+            _save(remove_padding(onnx.load(str(path))), target)
+            return target
+
+        return remove_padding_checked(source, rewrite, _outputs, calibration)
 
     @staticmethod
     def _fuse(source: Path, target: Path, model: ModelInfo) -> bool:

@@ -17,15 +17,10 @@ from edgeport.backends.openvino_decoder import (
     is_stateful_decoder,
 )
 from edgeport.backends.openvino_padding import remove_padding
-from edgeport.backends.padding import (
-    PACKING_TOLERANCE,
-    PaddingKept,
-    relative_error_at_tokens,
-)
+from edgeport.backends.padding import remove_padding_checked
 from edgeport.backends.weight_only import MIN_GROUP_SIZE, choose_group_size, search_patterns
 from edgeport.errors import UnsupportedError
 from edgeport.schemas import device_is_accelerator
-from edgeport.text_inputs import padded_batch
 
 if TYPE_CHECKING:
     import numpy as np
@@ -267,7 +262,7 @@ class OpenVinoBackend:
                 # GPU and NPU plugins want static shapes; the packed token count is not.
                 notes.append(f"padding kept: removed on CPU only, not on {candidate.device}")
             else:
-                ir, padding_note = self._remove_padding(ir, calibration)
+                ir, padding_note = remove_padding_checked(ir, remove_padding, _outputs, calibration)
                 notes.append(padding_note)
 
         scheme = quantization.scheme
@@ -357,31 +352,6 @@ class OpenVinoBackend:
         return OpenVinoSession(artifact.model_path, device, threads)
 
     # ----------------------------------------------------------------- steps
-
-    @staticmethod
-    def _remove_padding(ir: Any, calibration: Sequence[Feeds]) -> tuple[Any, str]:
-        """The unpadded graph when it computes what `ir` does at every real token."""
-        try:
-            unpadded = remove_padding(ir)
-        except PaddingKept as exc:
-            return ir, f"padding kept: {exc}"
-        except Exception as exc:  # a graph shape the rewrite did not foresee: keep padding
-            return ir, f"padding kept: rewrite failed ({type(exc).__name__}: {exc})"
-        batch = padded_batch(calibration)
-        if batch is None:
-            return ir, "padding kept: no calibration texts to check the unpadded graph on"
-        error = relative_error_at_tokens(
-            _outputs(ir, batch), _outputs(unpadded, batch), batch["attention_mask"]
-        )
-        if error > PACKING_TOLERANCE:
-            return ir, f"padding kept: the unpadded graph differs by {error:.2g} (relative)"
-        real = int(batch["attention_mask"].sum())
-        mask = batch["attention_mask"]
-        return unpadded, (
-            "padding removed: token-wise layers run on real tokens only; identical at every "
-            f"real token of {mask.shape[0]} padded calibration texts ({real} of {mask.size} "
-            "positions real)"
-        )
 
     @staticmethod
     def _ignored_scope(quantization: Quantization) -> Any:
