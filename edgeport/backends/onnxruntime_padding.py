@@ -142,21 +142,18 @@ def remove_padding(model: Any) -> Any:
             "Reshape", [graph.node("Gather", [extended, sources], axis=0), padded_shape]
         )
 
-    def rewire(tensor: str, replacement: str, readers: list[tuple[Any, int]]) -> None:
+    def rewire(replacement: str, readers: list[tuple[Any, int]]) -> None:
         for node, index in readers:
             node.input[index] = replacement
 
-    # The first layer's input feeds its Attention padded, everything else packed; every
-    # later Attention reads its (packed) input unpacked; every Attention's output is packed.
+    # The first layer's Attention reads its input padded, everything else reads it packed;
+    # every Attention's output is packed. Later Attentions read packed inputs, and get
+    # them unpacked below like any other op that mixes tokens.
     entry = attention[0].input[0]
-    rewire(
-        entry, pack(entry), [(n, i) for n, i in graph.consumers(entry) if n.op_type != "Attention"]
-    )
-    for node in attention[1:]:
-        node.input[0] = unpack(node.input[0])
+    rewire(pack(entry), [(n, i) for n, i in graph.consumers(entry) if n.op_type != "Attention"])
     for node in attention:
         output = node.output[0]
-        rewire(output, pack(output), graph.consumers(output))
+        rewire(pack(output), graph.consumers(output))
 
     packed = {n.output[0] for n in graph.new_nodes if n.op_type == "Unsqueeze"}
     for node in graph.graph.node:

@@ -193,10 +193,11 @@ def remove_padding(model: Any) -> Any:
         if value.get_partial_shape().rank.get_length() != 3:
             raise PaddingKept("hidden states around attention are not [batch, tokens, hidden]")
 
+    # Pack the first layer's input and every attention output; the query, key and value
+    # projections then produce packed tensors, and their reshapes into heads read them
+    # unpacked below, like any other op that mixes tokens.
     _rewire(entry, packing.pack)
-    for values, output in sites:
-        for value in values:
-            _rewire(value, packing.unpack)
+    for _, output in sites:
         _rewire(output, packing.pack)
 
     # Packed values flow through token-wise ops; any other consumer (Result, a pooler's
