@@ -424,6 +424,18 @@ def best_failed(attempts: Sequence[Attempt]) -> Attempt | None:
     return max(measured, key=_accuracy) if measured else None
 
 
+def _skipped(candidate: Candidate, detail: str) -> Attempt:
+    """A candidate the search did not build, with the reason."""
+    return Attempt(
+        recipe_id=candidate.recipe.id,
+        target_id=candidate.target.id,
+        device=candidate.device,
+        precision=candidate.recipe.precision,
+        status="skipped",
+        detail=detail,
+    )
+
+
 def convert(request: ConvertRequest, progress: Progress | None = None) -> ConversionResult:
     progress = progress or SilentProgress()
     if request.out is not None:
@@ -481,28 +493,12 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
                 a.status == "passed" for a in attempts
             ):
                 attempts.append(
-                    Attempt(
-                        recipe_id=candidate.recipe.id,
-                        target_id=candidate.target.id,
-                        device=candidate.device,
-                        precision=candidate.recipe.precision,
-                        status="skipped",
-                        detail=f"search budget of {request.search_budget_s:.0f}s spent",
-                    )
+                    _skipped(candidate, f"search budget of {request.search_budget_s:.0f}s spent")
                 )
                 continue
             pruned = prune_reason(candidate, attempts, objective)
             if pruned:
-                attempts.append(
-                    Attempt(
-                        recipe_id=candidate.recipe.id,
-                        target_id=candidate.target.id,
-                        device=candidate.device,
-                        precision=candidate.recipe.precision,
-                        status="skipped",
-                        detail=pruned,
-                    )
-                )
+                attempts.append(_skipped(candidate, pruned))
                 progress.info(f"{candidate.recipe.id}: skipped, {pruned}")
                 continue
             progress.stage(
