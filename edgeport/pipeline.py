@@ -633,7 +633,7 @@ def write_bundle(
 ) -> Path:
     from tokenizers import Tokenizer
 
-    from edgeport.archive import reproducibility
+    from edgeport.reproducibility import reproducibility
     from edgeport.text_inputs import pad_token_id
 
     info, profile = the_plan.model, the_plan.profile

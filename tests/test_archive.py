@@ -13,7 +13,8 @@ import pytest
 from bundle_fixtures import copy_bundle, read_manifest, tiny_bundle_once
 from conftest import run_cli
 
-from edgeport.archive import content_digest, pack, unpack
+from edgeport.archive import pack, unpack
+from edgeport.reproducibility import content_digest
 from edgeport.errors import BadInputError, VerificationError
 from edgeport.schemas import FileEntry
 
