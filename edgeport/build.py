@@ -4,7 +4,9 @@ Each pair gets its own bundle (and, by default, a reproducible archive), and the
 goes on after a failed pair; `index.json` records every pair's verdict, bundle, archive
 and sha256, and the command's exit code is non-zero when any pair failed. The fp32
 export of a model is made once per target and reused by every profile that needs it
-(cached in a folder for the duration of the build).
+(cached in a folder for the duration of the build). With `--devices FILE` (a private
+inventory: profile id -> ssh:// target), each bundle is also verified on a device of its
+profile (`edgeport verify --on`), and a bundle that fails there fails the build.
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from edgeport.errors import BadInputError, EdgeportError
-from edgeport.schemas import SLUG_PATTERN
+from edgeport.schemas import SLUG_PATTERN, Slug
 
 if TYPE_CHECKING:
     from edgeport.backends import ExportedModel
@@ -73,31 +74,52 @@ class BuildFile(_Strict):
     samples: Path | None = None
     search_budget_s: float = Field(default=1200.0, gt=0)
 
+    # The file it was read from (load_build_file), for messages; None when built in code.
+    _source: Path | None = PrivateAttr(default=None)
+
     def pairs(self) -> list[tuple[ModelEntry, str]]:
         return [(model, profile) for model in self.models for profile in self.profiles]
 
 
+MAX_BUILD_FILE_BYTES = 1024 * 1024
+_SHOWN_PROBLEMS = 3
+
+
+def _first_problems(problems: list[str], shown: int = _SHOWN_PROBLEMS) -> str:
+    """The first `shown` problems on one line, and how many more there are."""
+    more = len(problems) - shown
+    return "; ".join(problems[:shown]) + (f" (and {more} more)" if more > 0 else "")
+
+
 def load_build_file(path: Path) -> BuildFile:
-    if not path.is_file():
-        raise BadInputError(f"build file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise BadInputError(f"{path}: not valid YAML: {exc}") from exc
+    """Parse and validate a build file (syntax, keys, types); one-line BadInputError if not.
+
+    What needs the catalogue (profiles, recipes) and the disk (model folders, samples) is
+    checked by check_build, which run_build calls before converting anything.
+    """
+    from edgeport.catalog import echo, is_file, read_yaml_file, shorten
+
+    if not is_file(path):
+        raise BadInputError(f"build file not found: {shorten(str(path), 240)}")
+    data = read_yaml_file(path, max_bytes=MAX_BUILD_FILE_BYTES, error=BadInputError)
     try:
         build = BuildFile.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(top level)'}: {error['msg']}"
+        problems = [
+            f"{'.'.join(shorten(str(p), 40) for p in error['loc']) or '(top level)'}: "
+            f"{shorten(str(error['msg']), 200)}"
             for error in exc.errors()
-        )
-        raise BadInputError(f"{path}: {problems}") from exc
+        ]
+        raise BadInputError(f"{path}: {_first_problems(problems)}") from exc
     names = [f"{model.bundle_prefix}-{Path(profile).stem}" for model, profile in build.pairs()]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
+        shown = ", ".join(echo(name) for name in duplicates[:_SHOWN_PROBLEMS])
+        more = len(duplicates) - _SHOWN_PROBLEMS
         raise BadInputError(
-            f"{path}: two pairs would write the same bundle: {', '.join(duplicates)}"
-            " (give the models distinct `name`s)"
+            f"{path}: two pairs would write the same bundle: {shown}"
+            + (f" and {more} more" if more > 0 else "")
+            + " (give the models distinct `name`s)"
         )
     # Relative paths in the file are relative to the file, as in any build tool.
     updates: dict[str, Any] = {}
@@ -105,7 +127,156 @@ def load_build_file(path: Path) -> BuildFile:
         updates["out"] = path.parent / build.out
     if build.samples is not None and not build.samples.is_absolute():
         updates["samples"] = path.parent / build.samples
-    return build.model_copy(update=updates) if updates else build
+    build = build.model_copy(update=updates) if updates else build
+    build._source = path
+    return build
+
+
+def _model_problems(index: int, model: ModelEntry, catalog: Catalog) -> list[str]:
+    from edgeport.catalog import echo
+    from edgeport.hub import is_folder, looks_like_hub_id, looks_like_path
+    from edgeport.model_info import SUPPORTED_TASKS, TASK_ALIASES
+
+    field = f"models.{index}"
+    problems = []
+    if looks_like_path(model.id):
+        if not is_folder(Path(model.id).expanduser()):
+            problems.append(f"{field}.id: model folder not found: {echo(model.id)}")
+        if model.revision:
+            problems.append(f"{field}.revision: applies to Hub ids, not to a local folder")
+    elif not looks_like_hub_id(model.id):
+        problems.append(f"{field}.id: not a Hub model id or an existing folder: {echo(model.id)}")
+    if model.task is not None and TASK_ALIASES.get(model.task, model.task) not in SUPPORTED_TASKS:
+        supported = ", ".join(sorted(t for t in SUPPORTED_TASKS if t not in TASK_ALIASES))
+        problems.append(
+            f"{field}.task: {echo(model.task)} is not supported (supported: {supported})"
+        )
+    for number, recipe in enumerate(model.recipes or []):
+        try:
+            catalog.recipe(recipe)
+        except BadInputError as exc:
+            problems.append(f"{field}.recipes.{number}: {exc}")
+    return problems
+
+
+def check_build(build: BuildFile, catalog: Catalog | None = None) -> None:
+    """Everything a build needs, checked before its first conversion.
+
+    Every profile resolves through the catalogue (an id, `host`, or a valid profile file),
+    every recipe id is known, every model is an existing folder or a well-formed Hub id
+    (whether a Hub id exists is only known when it is downloaded), any task is supported,
+    the samples file is readable, and `out` is not a file. Raises one BadInputError naming
+    the build file, the field and the first problems, so a typo fails the build at once
+    instead of after hours of conversions of the other pairs.
+    """
+    from edgeport.catalog import HOST_PROFILE_ID, is_file, load_catalog
+    from edgeport.samples import read_samples_file
+
+    catalog = catalog or load_catalog()
+    problems: list[str] = []
+    for index, model in enumerate(build.models):
+        problems += _model_problems(index, model, catalog)
+    for index, profile in enumerate(build.profiles):
+        if profile == HOST_PROFILE_ID:
+            continue  # probed on this machine when its pairs run
+        try:
+            catalog.profile(profile)
+        except BadInputError as exc:
+            problems.append(f"profiles.{index}: {exc}")
+    if build.samples is not None:
+        try:
+            read_samples_file(build.samples)
+        except BadInputError as exc:
+            problems.append(f"samples: {exc}")
+    if is_file(build.out):
+        problems.append(f"out: {build.out} is a file, not a folder")
+    if problems:
+        source = build._source or "build file"
+        # The messages carry lists of known ids: one problem keeps the line readable.
+        raise BadInputError(f"{source}: {_first_problems(problems, shown=1)}")
+
+
+# --------------------------------------------------------------------------- devices
+
+
+class DeviceEntry(_Strict):
+    target: str = Field(description="ssh://[user@]host[:port]")
+    python: str = Field(default="python3", min_length=1, description="The device's Python.")
+    ssh_options: list[str] = Field(default_factory=list, description="Passed as ssh -o.")
+    runs: int = Field(default=5, ge=0, le=1000, description="Timed runs for latency.")
+
+    @field_validator("target")
+    @classmethod
+    def _ssh_target(cls, value: str) -> str:
+        from edgeport.device import parse_target
+
+        try:
+            parse_target(value)
+        except BadInputError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+
+class DeviceInventory(_Strict):
+    """`--devices FILE`: which device verifies the bundles of each profile. Kept out of the
+    profiles and the build file: host names and users are private to a lab or CI."""
+
+    devices: dict[Slug, DeviceEntry] = Field(
+        description="Profile id -> 'ssh://...' or {target, python, ssh_options, runs}."
+    )
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _short_form(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: {"target": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+
+def load_devices_file(path: Path) -> DeviceInventory:
+    """Parse and validate a device inventory; one-line BadInputError naming the field."""
+    from edgeport.catalog import is_file, read_yaml_file, shorten
+
+    if not is_file(path):
+        raise BadInputError(f"devices file not found: {shorten(str(path), 240)}")
+    data = read_yaml_file(path, max_bytes=MAX_BUILD_FILE_BYTES, error=BadInputError)
+    try:
+        return DeviceInventory.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(shorten(str(p), 40) for p in error['loc']) or '(top level)'}: "
+            f"{shorten(str(error['msg']), 200)}"
+            for error in exc.errors()
+        ]
+        raise BadInputError(f"{path}: {_first_problems(problems)}") from exc
+
+
+def _verify_on_device(
+    bundle: Path, entry: DeviceEntry, record: dict[str, Any], progress: Progress
+) -> bool:
+    """Verify `bundle` on its device, keep the run beside it and summarise it in `record`;
+    False (with the record's error and exit code set) when it did not pass."""
+    from edgeport.device import run_summary, save_device_run, summary_line, verify_on_device
+
+    try:
+        run = verify_on_device(
+            bundle,
+            entry.target,
+            python=entry.python,
+            runs=entry.runs,
+            ssh_options=entry.ssh_options,
+        )
+    except EdgeportError as exc:
+        record["device_run"] = {"target": entry.target, "error": str(exc)}
+        record["exit_code"] = exc.exit_code
+        record["error"] = f"on {entry.target}: {exc}"
+        return False
+    record["device_run"] = run_summary(run, save_device_run(run, bundle))
+    progress.info(summary_line(run))
+    if not run["passed"]:
+        record["exit_code"] = 3
+        record["error"] = f"failed on {entry.target}: " + "; ".join(run["failures"])
+    return bool(run["passed"])
 
 
 # --------------------------------------------------------------------------- export cache
@@ -180,6 +351,7 @@ def _pair_record(model: ModelEntry, profile: str) -> dict[str, Any]:
         "archive_sha256": None,
         "content_sha256": None,
         "verify": None,
+        "device_run": None,
         "error": None,
     }
 
@@ -191,8 +363,16 @@ def run_build(
     progress: Progress | None = None,
     force: bool = False,
     convert: Callable[..., Any] | None = None,
+    devices: DeviceInventory | None = None,
 ) -> tuple[list[dict[str, Any]], Path]:
-    """Convert every pair; returns the index records and the index path. Never stops early."""
+    """Convert every pair; returns the index records and the index path.
+
+    The whole file is checked first (check_build: BadInputError, nothing converted or
+    written); after that a failed pair never stops the others. With `devices`, each bundle
+    whose profile id has a device is also verified there (edgeport.device): the device run
+    is kept in the bundle's device-runs/ and summarised in the record (`device_run`), and
+    a bundle that fails on its device fails its pair (no archive).
+    """
     from edgeport.archive import pack
     from edgeport.pipeline import ConvertRequest, SilentProgress
     from edgeport.pipeline import convert as pipeline_convert
@@ -200,6 +380,11 @@ def run_build(
 
     progress = progress or SilentProgress()
     run_convert = convert or pipeline_convert
+    check_build(build, catalog)
+    if devices is not None and devices.devices:
+        from edgeport.device import ssh_executable
+
+        ssh_executable()  # before hours of conversions
     out = build.out
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
@@ -246,6 +431,13 @@ def run_build(
                     if not checked["passed"]:
                         record["exit_code"] = int(checked["exit_code"])
                         record["error"] = "verification failed: " + "; ".join(checked["failures"])
+                        continue
+                if devices is not None:
+                    profile_id = str(manifest.get("profile", {}).get("id"))
+                    entry = devices.devices.get(profile_id)
+                    if entry is None:
+                        progress.info(f"no device for profile {profile_id} in the devices file")
+                    elif not _verify_on_device(result.bundle, entry, record, progress):
                         continue
                 if build.archive:
                     info = pack(result.bundle, check=False)

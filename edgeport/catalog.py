@@ -8,9 +8,10 @@ for a target that does not exist) are checked here too, once, for the whole cata
 from __future__ import annotations
 
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -37,30 +38,179 @@ def builtin_dir(kind: str) -> Path:
     return package.parent / kind
 
 
+# --------------------------------------------------------------------------- safe reading
+
+# Every YAML file edgeport reads (catalogues, user profiles, build files) goes through
+# read_yaml_file: a hostile or mistaken file gives one line and exit 2, never a hang, an
+# exhausted memory or a message the size of the file.
+MAX_YAML_BYTES = 1024 * 1024
+# Values reachable through aliases, counted as if expanded: a "billion laughs" file stops
+# here instead of expanding into 10^9 values in validation or an error message.
+MAX_YAML_ALIAS_NODES = 1000
+MAX_YAML_DEPTH = 64
+# User values echoed in a message are cut to this many characters.
+ECHO_LIMIT = 80
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = ECHO_LIMIT
+_REPR.maxother = ECHO_LIMIT
+_REPR.maxlevel = 3
+for _name in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset", "maxdeque"):
+    setattr(_REPR, _name, 4)
+
+
+def shorten(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` on one line (line breaks become spaces), cut to `limit` characters with "…"."""
+    head = " ".join(text[: limit + 1].splitlines())
+    if len(text) <= limit and len(head) <= limit:
+        return head
+    return head[: limit - 1] + "…"
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A user's value for an error message: its repr, bounded in time and length."""
+    return shorten(_REPR.repr(value), limit)
+
+
+def _byte_size(count: int) -> str:
+    return f"{count // (1024 * 1024)} MiB" if count >= 1024 * 1024 else f"{count:,} bytes"
+
+
+def read_text_file(
+    path: Path, *, max_bytes: int, error: type[BadInputError] = BadInputError
+) -> str:
+    """A UTF-8 text file of at most `max_bytes`; anything else is a one-line `error`."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except FileNotFoundError as exc:
+        raise BadInputError(f"{shorten(str(path), 240)}: file not found") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise BadInputError(f"{shorten(str(path), 240)}: cannot read: {reason}") from exc
+    if len(data) > max_bytes:
+        raise error(f"{path}: larger than {_byte_size(max_bytes)}; is this the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(
+            f"{path}: not UTF-8 text (byte {exc.start}, line {line}); is this the right file?"
+        ) from exc
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that bounds what aliases can expand to and how deep values nest."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._alias_nodes = 0
+        self._sizes: dict[int, int] = {}
+        self._open_anchors: list[str] = []
+        self._depth = 0
+
+    @staticmethod
+    def _refuse(problem: str, mark: Any) -> NoReturn:
+        raise yaml.composer.ComposerError(None, None, problem, mark)
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                self._refuse("an alias refers to the value that contains it", event.start_mark)
+            node = super().compose_node(parent, index)
+            self._alias_nodes += self._size(node)
+            if self._alias_nodes > MAX_YAML_ALIAS_NODES:
+                self._refuse(
+                    f"aliases expand to more than {MAX_YAML_ALIAS_NODES} values", event.start_mark
+                )
+            return node
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            self._refuse(f"values nested more than {MAX_YAML_DEPTH} deep", event.start_mark)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._open_anchors.append(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open_anchors.pop()
+
+    def _size(self, node: yaml.Node | None) -> int:
+        """Values in `node`, aliases counted as expanded (memoised: nodes are shared)."""
+        if node is None:
+            return 0
+        known = self._sizes.get(id(node))
+        if known is not None:
+            return known
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(self._size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(self._size(key) + self._size(value) for key, value in node.value)
+        size = min(size, MAX_YAML_ALIAS_NODES + 1)  # enough to know it is too many
+        self._sizes[id(node)] = size
+        return size
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`(line N, column M): problem` from a PyYAML error, on one line."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f" (position {exc.position}): unacceptable character #x{exc.character:04x}"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    problem = str(getattr(exc, "problem", None) or "invalid YAML")
+    context = getattr(exc, "context", None)
+    if context and problem.startswith("but "):  # "expected a single document, but found..."
+        problem = f"{context}, {problem}"
+    return f"{where}: {shorten(problem, 120)}"
+
+
+def parse_yaml(text: str, source: Path, *, error: type[BadInputError] = CatalogError) -> object:
+    """One YAML document with edgeport's bounds (aliases, nesting); errors are one line."""
+    loader: _BoundedLoader | None = None
+    try:
+        loader = _BoundedLoader(text)
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise error(f"{source}: malformed YAML{_yaml_problem(exc)}") from exc
+    except RecursionError as exc:
+        raise error(f"{source}: malformed YAML: values nested too deeply") from exc
+    except (ValueError, OverflowError) as exc:  # a 5000-digit integer, a 13th month...
+        raise error(f"{source}: malformed YAML: {shorten(str(exc), 120)}") from exc
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def read_yaml_file(
+    path: Path, *, max_bytes: int = MAX_YAML_BYTES, error: type[BadInputError] = CatalogError
+) -> object:
+    """THE way edgeport reads a YAML file: at most `max_bytes` of UTF-8, one document,
+    aliases and nesting bounded. Every failure is one line naming the file: `error` for
+    the file's content (CatalogError by default), BadInputError when it cannot be read.
+    """
+    return parse_yaml(read_text_file(path, max_bytes=max_bytes, error=error), path, error=error)
+
+
 def format_validation_error(path: Path, error: ValidationError) -> list[str]:
-    """One line per problem: `file: field: reason`."""
+    """One line per problem: `file: field: reason`, user values cut to ECHO_LIMIT."""
     lines = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
+        location = ".".join(shorten(str(part), 40) for part in item["loc"]) or "(top level)"
+        message = shorten(str(item["msg"]), 200)
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif item["type"] == "literal_error":
-            message = f"{message}, got {item.get('input')!r}"
+            message = f"{message}, got {echo(item.get('input'))}"
         lines.append(f"{path}: {location}: {message}")
     return lines
 
 
 def read_yaml_mapping(path: Path) -> dict[str, object]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise BadInputError(f"{path}: file not found") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise CatalogError(f"{path}: malformed YAML{where}: {problem}") from exc
+    data = read_yaml_file(path)
     if not isinstance(data, dict):
         raise CatalogError(f"{path}: expected a mapping of keys to values at the top level")
     return data
@@ -84,7 +234,9 @@ def problems_in_file(path: Path, model: type[ModelT]) -> tuple[ModelT | None, li
     problems: list[str] = []
     written_id = data.get("id")
     if isinstance(written_id, str) and written_id != expected_id:
-        problems.append(f"{path}: id: {written_id!r} must match the file name {expected_id!r}")
+        problems.append(
+            f"{path}: id: {echo(written_id)} must match the file name {echo(expected_id)}"
+        )
     try:
         obj = model.model_validate(data)
     except ValidationError as exc:
@@ -106,6 +258,21 @@ def load_file(path: Path, model: type[ModelT]) -> ModelT:
     return obj
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long to exist, or a NUL byte
+        return False
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file, False (not an OSError) for a name too long or otherwise impossible."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass
 class Catalog:
     profiles: dict[str, DeviceProfile] = field(default_factory=dict)
@@ -122,27 +289,27 @@ class Catalog:
         if name in self.profiles:
             return self.profiles[name]
         path = Path(name)
-        if path.suffix in {".yaml", ".yml"} or path.exists():
-            if not path.is_file():
-                raise BadInputError(f"profile file not found: {path}")
+        if path.suffix in {".yaml", ".yml"} or _exists(path):
+            if not is_file(path):
+                raise BadInputError(f"profile file not found: {shorten(name, 240)}")
             profile = load_file(path, DeviceProfile)
             problems = cross_reference_problems([(path, profile)], self.targets)
             if problems:
                 raise CatalogError(problems[0])
             return profile
         known = ", ".join(sorted([*self.profiles, HOST_PROFILE_ID]))
-        raise BadInputError(f"unknown profile {name!r}; known profiles: {known}")
+        raise BadInputError(f"unknown profile {echo(name)}; known profiles: {known}")
 
     def recipe(self, name: str) -> Recipe:
         if name not in self.recipes:
             raise BadInputError(
-                f"unknown recipe {name!r}; known recipes: {', '.join(sorted(self.recipes))}"
+                f"unknown recipe {echo(name)}; known recipes: {', '.join(sorted(self.recipes))}"
             )
         return self.recipes[name]
 
     def target(self, name: str) -> Target:
         if name not in self.targets:
-            raise BadInputError(f"unknown target {name!r}")
+            raise BadInputError(f"unknown target {echo(name)}")
         return self.targets[name]
 
 
@@ -162,7 +329,7 @@ def cross_reference_problems(
             for device in runtime.devices:
                 if device not in target.devices:
                     problems.append(
-                        f"{path}: runtimes.{index}.devices: {device!r} is not a device of "
+                        f"{path}: runtimes.{index}.devices: {echo(device)} is not a device of "
                         f"{target.id} (known: {', '.join(target.devices)})"
                     )
     return problems

@@ -87,7 +87,13 @@ def _catalog(profiles_dirs: list[Path] | None, recipes_dirs: list[Path] | None =
     return load_catalog(tuple(profiles_dirs or ()), tuple(recipes_dirs or ()))
 
 
+# Set once a command printed its JSON object: an error after it must not print a second one.
+_json_emitted = False
+
+
 def _emit_json(payload: dict[str, Any]) -> None:
+    global _json_emitted
+    _json_emitted = True
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
@@ -226,13 +232,60 @@ def verify_command(
         int | None, typer.Option(help="Intra-op threads (default: the manifest's).")
     ] = None,
     json_output: JsonOpt = False,
+    on: Annotated[
+        str | None,
+        typer.Option(
+            "--on",
+            metavar="ssh://[user@]host[:port]",
+            help="Run the checks on this device over SSH (your ssh client and ~/.ssh/config) "
+            "and keep the device run beside the bundle, in device-runs/.",
+        ),
+    ] = None,
+    python: Annotated[
+        str | None,
+        typer.Option("--python", help="The device's Python, with --on (default: python3)."),
+    ] = None,
+    ssh_option: Annotated[
+        list[str] | None,
+        typer.Option("--ssh-option", help="Passed to ssh as -o OPTION, with --on (repeatable)."),
+    ] = None,
 ) -> None:
-    """Check a bundle: every file's sha256, golden outputs under the stored tolerance, latency."""
+    """Check a bundle: every file's sha256, golden outputs under the stored tolerance, latency.
+
+    With --on: on a device over SSH, with its facts and peak memory, kept in device-runs/.
+    """
+    from edgeport import device
+
+    if on is not None:
+        run = device.verify_on_device(
+            bundle,
+            on,
+            python=python or device.DEFAULT_PYTHON,
+            runs=runs,
+            threads=threads,
+            ssh_options=ssh_option or (),
+        )
+        kept = device.save_device_run(run, bundle)
+        err.print(
+            f"{device.summary_line(run)}; kept in {kept}",
+            markup=False,
+            soft_wrap=True,
+            style="green" if run["passed"] else "red",
+        )
+        if json_output:
+            _emit_json({**run, "file": str(kept)})
+        if not run["passed"]:
+            raise typer.Exit(3)
+        return
+    if python is not None or ssh_option:
+        raise typer.BadParameter("only with --on", param_hint="--python/--ssh-option")
     from edgeport.verify import summary_line, verify
 
     result = verify(bundle, runs=runs, threads=threads)
     line = summary_line(result)
     err.print(line, markup=False, soft_wrap=True, style="green" if result["passed"] else "red")
+    for summary in result.get("device_runs") or []:
+        err.print(device.kept_summary_line(summary), markup=False, soft_wrap=True)
     if json_output:
         _emit_json(result)
     if result["exit_code"]:
@@ -280,15 +333,28 @@ def build_command(
     json_output: JsonOpt = False,
     profiles_dir: ProfilesDirOpt = None,
     recipes_dir: RecipesDirOpt = None,
+    devices: Annotated[
+        Path | None,
+        typer.Option(
+            "--devices",
+            help="YAML inventory (devices: {profile-id: ssh://[user@]host[:port]}): verify "
+            "each bundle on a device of its profile; a bundle failing there fails the build.",
+        ),
+    ] = None,
 ) -> None:
     """Convert every model x profile pair of BUILD_FILE (for CI); index.json lists the results."""
-    from edgeport.build import build_exit_code, load_build_file, run_build
+    from edgeport.build import build_exit_code, load_build_file, load_devices_file, run_build
 
     build = load_build_file(build_file)
+    inventory = load_devices_file(devices) if devices is not None else None
     if out is not None:
         build = build.model_copy(update={"out": out})
     records, index = run_build(
-        build, catalog=_catalog(profiles_dir, recipes_dir), progress=ConsoleProgress(), force=force
+        build,
+        catalog=_catalog(profiles_dir, recipes_dir),
+        progress=ConsoleProgress(),
+        force=force,
+        devices=inventory,
     )
     failed = [r for r in records if r["exit_code"] != 0]
     shipped = len(records) - len(failed)
@@ -333,12 +399,20 @@ def plan_command(
         catalog=_catalog(profiles_dir, recipes_dir),
     )
     result = make_plan(request, ConsoleProgress())
+    problem = None if result.candidates else explain_empty_plan(result)
     if json_output:
-        _emit_json(plan_json(result))
+        payload = plan_json(result)
+        if problem is not None:
+            payload["error"] = {
+                "exit_code": problem.exit_code,
+                "type": type(problem).__name__,
+                "message": one_line(str(problem)),
+            }
+        _emit_json(payload)
     else:
         print_plan(result)
-    if not result.candidates:
-        raise explain_empty_plan(result)
+    if problem is not None:
+        raise problem
 
 
 def plan_json(result: Plan) -> dict[str, Any]:
@@ -531,38 +605,91 @@ def _root(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
 
 
+class Terminated(BaseException):
+    """SIGTERM (CI cancelling a job, `kill`): unwinds like Ctrl-C so that every temporary
+    folder and half-written bundle is removed on the way out."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+# Exit codes of a process stopped by a signal, as a shell reports them (128 + signal).
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+MESSAGE_LIMIT = 500
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """A message as one line of bounded length: libraries' multi-line texts and long
+    values echoed from hostile input must not flood a terminal or a CI log."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in argv
+
+
+def _fail(message: str, code: int, kind: str, argv: list[str]) -> None:
+    """Print the one-line error (stderr) and, under --json, one error object (stdout)."""
+    message = one_line(message)
+    label = "internal error" if code == 1 else "error"
+    err.print(f"[bold red]{label}:[/] {escape(message)}", soft_wrap=True)
+    if _wants_json(argv) and not _json_emitted:
+        _emit_json({"error": {"exit_code": code, "type": kind, "message": message}})
+    sys.exit(code)
+
+
 def main() -> None:
     """Console entry point: map exceptions to one-line messages and exit codes."""
+    import signal
+
     debug = os.environ.get("EDGEPORT_DEBUG") == "1"
+    argv = sys.argv[1:]
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except EdgeportError as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code, type(exc).__name__, argv)
+    except ModuleNotFoundError as exc:  # an optional code path's dependency is missing
+        if debug:
+            raise
+        from edgeport.dependencies import install_hint
+        from edgeport.errors import UnsupportedError
+
+        _fail(install_hint(exc.name or str(exc)), UnsupportedError.exit_code, "MissingModule", argv)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         err.print("aborted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         err.print("interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        err.print("terminated")
+        sys.exit(EXIT_TERMINATED)
     except Exception as exc:  # the last line of defence: one line, exit 1
         # Typer 0.29 vendors click: its usage errors are not click's own classes.
         show = getattr(exc, "show", None)
         exit_code = getattr(exc, "exit_code", None)
         if callable(show) and isinstance(exit_code, int):
+            if _wants_json(argv):
+                format_message = getattr(exc, "format_message", None)
+                message = format_message() if callable(format_message) else str(exc)
+                _fail(str(message), exit_code, "UsageError", argv)
             show()
             sys.exit(exit_code)
         if debug:
             raise
-        err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
-            "(set EDGEPORT_DEBUG=1 for the traceback)",
-            soft_wrap=True,
+        _fail(
+            f"{type(exc).__name__}: {exc} (set EDGEPORT_DEBUG=1 for the traceback)",
+            1,
+            type(exc).__name__,
+            argv,
         )
-        sys.exit(1)

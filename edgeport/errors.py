@@ -1,7 +1,7 @@
 """One exception hierarchy; each class carries the process exit code the CLI returns.
 
 Exit codes (DESIGN.md): 0 ok, 1 internal error, 2 bad input, 3 accuracy gate failed,
-4 unsupported model or target, 5 does not fit the device.
+4 unsupported model or target, 5 does not fit the device, 6 the device cannot be reached.
 """
 
 from __future__ import annotations
@@ -53,3 +53,11 @@ class VerificationError(EdgeportError):
     """A bundle failed its own checks (checksums, golden outputs)."""
 
     exit_code = 3
+
+
+class DeviceUnreachableError(EdgeportError):
+    """`verify --on`: SSH could not connect, log in or keep the connection (host down,
+    key refused, timeout). Its own code: an infrastructure failure a CI job may retry,
+    unlike bad input (2) or a bundle that failed on the device (3)."""
+
+    exit_code = 6

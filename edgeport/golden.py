@@ -8,6 +8,7 @@ timestamps, sorted names) so that two conversions of the same model give the sam
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,33 @@ TASK_THRESHOLDS: dict[str, tuple[tuple[str, str], ...]] = {
 _ALWAYS_GATED = {"embedding_cosine_min", "top1_agreement_min", "next_token_agreement_min"}
 # Language models: the golden output is the reference's next token at every position.
 NEXT_TOKEN = "next_token"
+# Built-in sample texts are kept in the manifest, cut to this length: every built-in
+# encoder sentence fits whole (the longest is 220), so run.py can replay them exactly;
+# a decoder's windows (~600 characters) are there for a reader only and are cut.
+MAX_GOLDEN_TEXT_CHARS = 256
+
+
+def redacted(text: str) -> str:
+    """What the manifest says of a user's sample: its sha256 and length, never its text."""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return f"sha256:{digest} ({len(text)} chars)"
+
+
+def manifest_texts(texts: Sequence[str], keep: bool) -> list[str]:
+    """One entry per golden sample: the (cut) text when `keep`, else `redacted(text)`."""
+    if not keep:
+        return [redacted(text) for text in texts]
+    return [
+        text if len(text) <= MAX_GOLDEN_TEXT_CHARS else text[: MAX_GOLDEN_TEXT_CHARS - 1] + "…"
+        for text in texts
+    ]
+
+
+def _keep_texts(keep_texts: bool | None, sample_texts: Sequence[str]) -> bool:
+    """Keep texts only when told to, or (by default) when they are edgeport's own samples."""
+    from edgeport.samples import are_builtin
+
+    return are_builtin(sample_texts) if keep_texts is None else keep_texts
 
 
 def thresholds(task: str, tolerance: Tolerance) -> dict[str, float]:
@@ -91,11 +119,16 @@ def write_golden(
     input_names: Sequence[str],
     output_names: Sequence[str],
     count: int = GOLDEN_SAMPLES,
+    keep_texts: bool | None = None,
 ) -> GoldenSpec | None:
     """Write golden.npz into `folder`; None when the task has no on-device check yet.
 
     `evaluation.batches[:len(texts)]` must be the texts one at a time (pipeline's
     build_evaluation puts them first), so each golden input has no padding.
+
+    The manifest's `texts` hold one entry per golden sample: the text (cut to
+    MAX_GOLDEN_TEXT_CHARS) for edgeport's built-in samples, `sha256:<hex> (N chars)`
+    for anything else. `keep_texts=None` decides by content (samples.are_builtin).
     """
     gates = thresholds(model.task, tolerance)
     if not gates or not texts:
@@ -113,9 +146,11 @@ def write_golden(
             reference = evaluation.reference[index][name]
             arrays[golden_keys(slot, name, "output")] = np.asarray(reference, dtype=np.float32)
     write_npz(folder / GOLDEN_FILE, arrays)
+    keep = _keep_texts(keep_texts, texts)
     return GoldenSpec(
         file=GOLDEN_FILE,
-        texts=[texts[i] for i in chosen],
+        texts=manifest_texts([texts[i] for i in chosen], keep),
+        texts_redacted=not keep,
         tokens=[lengths[i] for i in chosen],
         input_names=list(input_names),
         output_names=list(output_names),
@@ -125,12 +160,19 @@ def write_golden(
 
 
 def write_decoder_golden(
-    folder: Path, model: ModelInfo, evaluation: Evaluation, tolerance: Tolerance
+    folder: Path,
+    model: ModelInfo,
+    evaluation: Evaluation,
+    tolerance: Tolerance,
+    sample_texts: Sequence[str] = (),
+    keep_texts: bool | None = None,
 ) -> GoldenSpec | None:
     """Language models: every validation window's token ids and the reference's next tokens.
 
     All windows are kept (a few KB of int32), so verify.py's next-token agreement is the
-    number validation gated on, not a noisier subset of it.
+    number validation gated on, not a noisier subset of it. The manifest keeps the
+    windows' text only when the samples they were cut from (`sample_texts`) are edgeport's
+    built-in ones (or `keep_texts` says so); otherwise each is `sha256:<hex> (N chars)`.
     """
     gates = thresholds(model.task, tolerance)
     if not gates or not evaluation.batches:
@@ -149,10 +191,12 @@ def write_decoder_golden(
         )
         lengths.append(int(ids.shape[-1]))
     write_npz(folder / GOLDEN_FILE, arrays)
+    keep = _keep_texts(keep_texts, sample_texts)
     texts = list(evaluation.texts) or [""] * len(lengths)
     return GoldenSpec(
         file=GOLDEN_FILE,
-        texts=texts,
+        texts=manifest_texts(texts, keep),
+        texts_redacted=not keep,
         tokens=lengths,
         input_names=["input_ids", "attention_mask"],
         output_names=[NEXT_TOKEN],

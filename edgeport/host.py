@@ -49,6 +49,8 @@ _LINUX_FLAGS: dict[str, str] = {
     "sve2": "sve2",
 }
 _KNOWN_FEATURES = frozenset(get_args(CpuFeature))
+# Comma-separated edgeport feature names that replace the probed ones (empty: none).
+HOST_FEATURES_ENV = "EDGEPORT_HOST_FEATURES"
 
 
 def normalise_arch(machine: str) -> str:
@@ -222,6 +224,19 @@ def probe_cpu() -> CpuSpec:
         features, name = features_from_sysctl(text), sysctl_cpu_name(text)
     else:  # Windows and others: no portable source of ISA flags without extra packages
         features, name = [], platform.processor() or None
+    override = os.environ.get(HOST_FEATURES_ENV)
+    if override is not None:
+        # The build host's ISA decides how candidates are ranked (selection.host_gap); this
+        # lets a VNNI machine behave as an AVX2-only one, and tests pin the host they need.
+        features = [name.strip() for name in override.split(",") if name.strip()]
+        unknown = sorted(set(features) - _KNOWN_FEATURES)
+        if unknown:
+            from edgeport.errors import BadInputError
+
+            raise BadInputError(
+                f"{HOST_FEATURES_ENV}: unknown feature(s) {', '.join(unknown)[:200]}; "
+                f"known: {', '.join(sorted(_KNOWN_FEATURES))}"
+            )
     if arch == "arm64" and "neon" not in features:
         features.append("neon")  # every arm64 CPU has Advanced SIMD
     return CpuSpec.model_validate(

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeport.errors import BadInputError, ModelNotFoundError, SecurityError
 
@@ -42,8 +43,58 @@ class ResolvedModel:
     commit: str | None
 
 
-def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).exists() or source.count("/") > 1
+# A config.json is a few KB; the largest real ones (tens of thousands of labels) are a
+# few MB. Anything larger is not a config.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
+def is_folder(path: Path) -> bool:
+    """Path.is_dir, False (not an OSError) for a name too long or otherwise impossible."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def looks_like_path(source: str) -> bool:
+    """A local folder rather than a Hub id (`./x`, `/x`, `~/x`, `a/b/c`, or it exists)."""
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        return True
+    try:
+        return Path(source).exists()
+    except (OSError, ValueError):  # a name too long to exist, or a NUL byte
+        return False
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """`name` or `org/name` as the Hub spells them (whether it exists is another matter)."""
+    return bool(_HUB_ID.match(source))
+
+
+def read_json_file(path: Path, *, max_bytes: int = MAX_CONFIG_BYTES) -> object:
+    """A JSON file of a model folder; malformed, binary or huge: one-line BadInputError."""
+    from edgeport.catalog import read_text_file, shorten
+
+    text = read_text_file(path, max_bytes=max_bytes)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{path}: malformed JSON: {exc.msg} (line {exc.lineno})") from exc
+    except RecursionError as exc:
+        raise BadInputError(f"{path}: malformed JSON: values nested too deeply") from exc
+    except ValueError as exc:  # a 5000-digit integer
+        raise BadInputError(f"{path}: malformed JSON: {shorten(str(exc), 120)}") from exc
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The model's config.json as a dict; missing: ModelNotFoundError; malformed: BadInputError."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelNotFoundError(f"{folder} has no config.json: not a transformers model folder")
+    config = read_json_file(config_path)
+    if not isinstance(config, dict):
+        raise BadInputError(f"{config_path}: expected a JSON object")
+    return config
 
 
 def resolve(
@@ -53,12 +104,14 @@ def resolve(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> ResolvedModel:
-    if _looks_like_path(source):
+    if looks_like_path(source):
         if revision:
             raise BadInputError("--revision applies to Hub ids, not to a local folder")
         path = Path(source).expanduser()
-        if not path.is_dir():
-            raise ModelNotFoundError(f"model folder not found: {source}")
+        if not is_folder(path):
+            from edgeport.catalog import shorten
+
+            raise ModelNotFoundError(f"model folder not found: {shorten(source, 240)}")
         resolved = ResolvedModel(source, path.resolve(), None, None, None)
     else:
         resolved = _resolve_hub(source, revision, allow_pickle=allow_pickle)
@@ -69,8 +122,10 @@ def resolve(
 
 
 def _resolve_hub(repo_id: str, revision: str | None, *, allow_pickle: bool) -> ResolvedModel:
-    if not _HUB_ID.match(repo_id):
-        raise BadInputError(f"not a Hub model id or an existing folder: {repo_id!r}")
+    if not looks_like_hub_id(repo_id):
+        from edgeport.catalog import echo
+
+        raise BadInputError(f"not a Hub model id or an existing folder: {echo(repo_id)}")
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -119,17 +174,7 @@ def _refuse_pickle_only(name: str) -> None:
 
 
 def check_safety(folder: Path, *, trust_remote_code: bool, allow_pickle: bool) -> None:
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ModelNotFoundError(f"{folder} has no config.json: not a transformers model folder")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BadInputError(
-            f"{config_path}: malformed JSON: {exc.msg} (line {exc.lineno})"
-        ) from exc
-    if not isinstance(config, dict):
-        raise BadInputError(f"{config_path}: expected a JSON object")
+    config = read_config(folder)
     if config.get("auto_map") and not trust_remote_code:
         raise SecurityError(
             "this model needs custom code from its repository (config.json auto_map); "

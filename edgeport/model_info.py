@@ -1,18 +1,20 @@
 """Inspect a resolved model folder: task, family, size and shapes, without loading weights.
 
 Parameter counts and dtypes come from the safetensors headers (a few KB read per file),
-so planning a 7B model takes milliseconds and needs no torch.
+so planning a 7B model reads no weights. Checking that transformers and optimum's ONNX
+exporter know the model_type imports both (and torch) once per process: a few seconds.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from pathlib import Path
 from typing import Any
 
 from edgeport.errors import BadInputError, UnsupportedError
-from edgeport.hub import PICKLE_WEIGHT_SUFFIXES, ResolvedModel
+from edgeport.hub import PICKLE_WEIGHT_SUFFIXES, ResolvedModel, read_config, read_json_file
 from edgeport.schemas import Family, ModelDims, ModelInfo
 
 # Tasks edgeport can validate, mapped to the architecture family they belong to.
@@ -46,11 +48,22 @@ _DTYPE_BYTES = {
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        if length > 100_000_000:
-            raise BadInputError(f"{path.name}: implausible safetensors header")
-        header: dict[str, Any] = json.loads(handle.read(length))
+    """The JSON header of a safetensors file; anything else is a one-line BadInputError."""
+    try:
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise BadInputError(f"{path}: not a safetensors file (too short)")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > 100_000_000:
+                raise BadInputError(f"{path}: implausible safetensors header")
+            header = json.loads(handle.read(length))
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read: {exc.strerror or type(exc).__name__}") from exc
+    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        raise BadInputError(f"{path}: not a safetensors file (malformed header)") from exc
+    if not isinstance(header, dict):
+        raise BadInputError(f"{path}: not a safetensors file (malformed header)")
     return header
 
 
@@ -64,12 +77,16 @@ def count_weights(folder: Path) -> tuple[int, int, str]:
         for name, entry in read_safetensors_header(path).items():
             if name == "__metadata__":
                 continue
-            count = 1
-            for dim in entry["shape"]:
-                count *= int(dim)
+            try:
+                count = 1
+                for dim in entry["shape"]:
+                    count *= int(dim)
+                dtype = str(entry["dtype"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BadInputError(f"{path}: malformed safetensors header entry") from exc
             params += count
-            size += count * _DTYPE_BYTES.get(entry["dtype"], 4)
-            dtype_counts[entry["dtype"]] = dtype_counts.get(entry["dtype"], 0) + count
+            size += count * _DTYPE_BYTES.get(dtype, 4)
+            dtype_counts[dtype] = dtype_counts.get(dtype, 0) + count
     if not files:
         # Pickle weights (only when --allow-pickle): estimate from the file size.
         pickles = [p for p in folder.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES]
@@ -116,6 +133,16 @@ def normalise_task(task: str) -> str:
     return task
 
 
+def _json_object(path: Path) -> dict[str, Any]:
+    """An optional JSON object file of the model folder: {} when absent."""
+    if not path.is_file():
+        return {}
+    data = read_json_file(path)
+    if not isinstance(data, dict):
+        raise BadInputError(f"{path}: expected a JSON object")
+    return data
+
+
 def _sentence_transformers_settings(folder: Path) -> tuple[str | None, bool, int | None]:
     """Pooling mode, normalisation and max length from a sentence-transformers layout."""
     pooling: str | None = None
@@ -123,24 +150,24 @@ def _sentence_transformers_settings(folder: Path) -> tuple[str | None, bool, int
     max_length: int | None = None
     modules_path = folder / "modules.json"
     if modules_path.is_file():
-        modules = json.loads(modules_path.read_text(encoding="utf-8"))
+        modules = read_json_file(modules_path)
+        if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+            raise BadInputError(f"{modules_path}: expected a JSON list of objects")
         for module in modules:
             kind = str(module.get("type", ""))
             if kind.endswith("Normalize"):
                 normalize = True
             if kind.endswith("Pooling"):
-                pooling_config = folder / str(module.get("path", "")) / "config.json"
-                if pooling_config.is_file():
-                    settings = json.loads(pooling_config.read_text(encoding="utf-8"))
-                    if settings.get("pooling_mode_cls_token"):
-                        pooling = "cls"
-                    elif settings.get("pooling_mode_max_tokens"):
-                        pooling = "max"
-                    elif settings.get("pooling_mode_mean_tokens"):
-                        pooling = "mean"
-    st_config = folder / "sentence_bert_config.json"
-    if st_config.is_file():
-        max_length = json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length")
+                settings = _json_object(folder / str(module.get("path", "")) / "config.json")
+                if settings.get("pooling_mode_cls_token"):
+                    pooling = "cls"
+                elif settings.get("pooling_mode_max_tokens"):
+                    pooling = "max"
+                elif settings.get("pooling_mode_mean_tokens"):
+                    pooling = "mean"
+    value = _json_object(folder / "sentence_bert_config.json").get("max_seq_length")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        max_length = value
     return pooling, normalize, max_length
 
 
@@ -166,12 +193,92 @@ def _dims(config: dict[str, Any]) -> ModelDims:
     )
 
 
+# Model types named (when supported) as examples in the unsupported-model_type message.
+_EXAMPLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "llama", "qwen2", "gpt2")
+
+
+@functools.cache
+def transformers_model_types() -> frozenset[str]:
+    """Every model_type this transformers knows, from its name table (no torch import)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return frozenset(CONFIG_MAPPING_NAMES.keys())
+
+
+@functools.cache
+def onnx_model_types() -> frozenset[str]:
+    """Every model_type optimum's ONNX exporter registers a config for.
+
+    Read from the decorators in optimum's model_configs.py (`@register_tasks_manager_onnx(
+    "bert", ...)`) rather than by importing it: the import pulls in torch, seconds that
+    `edgeport plan` would otherwise spend before answering. tests/test_model_info.py holds
+    this reading to TasksManager's own table.
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("optimum.exporters.onnx.model_configs")
+    if spec is None or spec.origin is None:
+        return frozenset()
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "register_tasks_manager_onnx"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            names.add(node.args[0].value)
+    return frozenset(names)
+
+
+def _examples(known: frozenset[str]) -> str:
+    return ", ".join(name for name in _EXAMPLE_MODEL_TYPES if name in known)
+
+
+def check_model_type(model_type: str, config_path: Path, *, remote_code: bool = False) -> None:
+    """UnsupportedError unless transformers knows `model_type` and optimum can export it.
+
+    Without this, an unknown type passes `plan` and fails `convert` deep in the exporter.
+    A model with its own code (`remote_code`: config.json auto_map, already consented to
+    by hub.check_safety) defines its config class itself, so only the exporter is asked.
+    """
+    from edgeport.catalog import echo
+
+    known = transformers_model_types()
+    if model_type not in known and not remote_code:
+        import transformers
+
+        raise UnsupportedError(
+            f"{config_path}: model_type {echo(model_type)} is not a model type transformers "
+            f"{transformers.__version__} knows ({len(known)} known, e.g. {_examples(known)})"
+        )
+    exportable = onnx_model_types()
+    # optimum registers some types with '-' (deberta-v2), some with '_' (gpt_bigcode).
+    spellings = {model_type, model_type.replace("_", "-"), model_type.replace("-", "_")}
+    if not spellings & exportable:
+        raise UnsupportedError(
+            f"{config_path}: model_type {echo(model_type)} has no ONNX export config in "
+            f"optimum ({len(exportable)} model types have one, e.g. {_examples(exportable)})"
+        )
+
+
 def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo:
     folder = resolved.local_path
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config_path = folder / "config.json"
+    config = read_config(folder)
     model_type = config.get("model_type")
     if not model_type:
-        raise UnsupportedError(f"{folder}/config.json has no model_type")
+        raise UnsupportedError(f"{config_path} has no model_type")
+    if not isinstance(model_type, str):
+        raise BadInputError(f"{config_path}: model_type: expected a string")
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise BadInputError(f"{config_path}: architectures: expected a list of class names")
+    check_model_type(model_type, config_path, remote_code=bool(config.get("auto_map")))
     chosen_task = normalise_task(task or infer_task(folder, config))
     family = SUPPORTED_TASKS[chosen_task]
     if config.get("is_encoder_decoder"):
@@ -196,7 +303,7 @@ def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo
         task=chosen_task,
         family=family,
         model_type=str(model_type),
-        architectures=list(config.get("architectures") or []),
+        architectures=list(architectures),
         parameter_count=params,
         weight_dtype=dtype,
         weight_bytes=weight_bytes,

@@ -37,8 +37,9 @@ from edgeport.bundle import (
     runner_source,
 )
 from edgeport.catalog import Catalog, load_catalog
+from edgeport.dependencies import install_hint
 from edgeport.errors import DoesNotFitError, EdgeportError, UnsupportedError
-from edgeport.host import available_cores
+from edgeport.host import available_cores, probe_cpu
 from edgeport.hub import resolve
 from edgeport.model_info import inspect_model
 from edgeport.planner import Objective, plan
@@ -53,6 +54,13 @@ from edgeport.schemas import (
     ModelInfo,
     Plan,
     RuntimeSpec,
+)
+from edgeport.selection import (
+    attempt_key,
+    best_failed,
+    choose,
+    prune_reason,
+    speed_basis,
 )
 from edgeport.text_inputs import prepare_tokenizer, tokenizer_files
 from edgeport.tradeoff_plot import render_tradeoff_svg
@@ -165,11 +173,30 @@ def objective_for(request: ConvertRequest, info: ModelInfo) -> Objective:
 
 
 def explain_empty_plan(result: Plan) -> EdgeportError:
+    """Why nothing can be converted: does not fit (exit 5) or unsupported (exit 4).
+
+    The planner checks memory only for recipes the device and model could otherwise run
+    (runtime, family, ISA and precision pass first), so a memory drop means "possible but
+    too big". Recipes dropped for other reasons never make the answer "unsupported" while
+    one was possible: the user needs to know it is the device's memory that stops them.
+    """
+    profile = result.profile
+    too_big = [d for d in result.dropped if d.code == "memory"]
+    not_installed = [d for d in result.dropped if d.code == "extra"]
+    if not_installed:
+        reasons = "; ".join(f"{d.recipe_id}: {d.reason}" for d in not_installed)
+        return UnsupportedError(f"no candidate for {profile.id} on this host: {reasons}")
+    if too_big:
+        smallest = min(too_big, key=lambda d: d.estimated_memory_mb or float("inf"))
+        needed = smallest.estimated_memory_mb or 0.0
+        return DoesNotFitError(
+            f"nothing fits {profile.id}: the smallest possible candidate ({smallest.recipe_id}) "
+            f"needs ~{needed:,.0f} MB; the device can give a model ~{profile.usable_memory_mb:,.0f}"
+            f" MB ({profile.usable_memory_fraction:.0%} of {profile.memory_mb:,} MB); "
+            f"{len(too_big)} candidate(s) dropped for memory"
+        )
     reasons = "; ".join(f"{d.recipe_id}: {d.reason}" for d in result.dropped) or "no recipes"
-    codes = {d.code for d in result.dropped}
-    if codes and codes <= {"memory"}:
-        return DoesNotFitError(f"nothing fits {result.profile.id}: {reasons}")
-    return UnsupportedError(f"no candidate for {result.profile.id}: {reasons}")
+    return UnsupportedError(f"no candidate for {profile.id}: {reasons}")
 
 
 class CandidateEvaluator:
@@ -328,6 +355,14 @@ class CandidateEvaluator:
             return Attempt(
                 status="error", detail=str(exc), duration_s=time.monotonic() - started, **common
             )
+        except ModuleNotFoundError as exc:  # a dependency of this recipe's code path
+            log.debug("candidate %s misses a module", recipe.id, exc_info=True)
+            return Attempt(
+                status="error",
+                detail=install_hint(exc.name or str(exc)),
+                duration_s=time.monotonic() - started,
+                **common,
+            )
         except Exception as exc:  # a backend bug must not hide the other candidates' results
             log.debug("candidate %s crashed", recipe.id, exc_info=True)
             return Attempt(
@@ -360,70 +395,6 @@ def _measure(
     return measure(artifact, target_id, device, threads, bench.feeds, new_tokens=bench.new_tokens)
 
 
-# A planning estimate must be this much worse than a measured, passing candidate before
-# it is skipped: estimates are rough, measurements are not.
-PRUNE_MARGIN = 1.5
-
-
-def prune_reason(candidate: Candidate, attempts: Sequence[Attempt], objective: Objective) -> str:
-    """Why evaluating `candidate` cannot change the winner, or "" to evaluate it."""
-    passed = [a for a in attempts if a.status == "passed" and a.measurement]
-    if not passed or objective == "accuracy":
-        return ""
-    if objective == "latency":
-        ratios = [a.latency_ratio for a in passed if a.latency_ratio is not None]
-        estimate = 1.0 / candidate.estimated_speedup
-        if ratios and estimate > min(ratios) * PRUNE_MARGIN:
-            return (
-                f"estimated at ~{estimate:.2f}x fp32 latency, cannot beat a passing candidate "
-                f"measured at {min(ratios):.2f}x"
-            )
-        return ""
-    sizes = [a.measurement.model_bytes / 2**20 for a in passed if a.measurement]
-    if candidate.estimated_size_mb > min(sizes) * PRUNE_MARGIN:
-        return (
-            f"estimated at ~{candidate.estimated_size_mb:.0f} MB, cannot beat a passing "
-            f"candidate of {min(sizes):.0f} MB"
-        )
-    return ""
-
-
-def attempt_key(recipe_id: str, variant: str) -> str:
-    return f"{recipe_id}|{variant}"
-
-
-def _latency(attempt: Attempt) -> float:
-    """Latency relative to the baseline when known (paired, robust to drift), else ms."""
-    if attempt.latency_ratio is not None:
-        return attempt.latency_ratio
-    return attempt.measurement.latency_ms if attempt.measurement else float("inf")
-
-
-def _size(attempt: Attempt) -> float:
-    return attempt.measurement.model_bytes if attempt.measurement else float("inf")
-
-
-def _accuracy(attempt: Attempt) -> float:
-    return primary_metric(attempt.validation) if attempt.validation else float("-inf")
-
-
-def choose(attempts: Sequence[Attempt], objective: Objective) -> Attempt | None:
-    """The winner among candidates that passed, by measured numbers on this host."""
-    passed = [a for a in attempts if a.status == "passed" and a.measurement and a.validation]
-    if not passed:
-        return None
-    if objective == "size":
-        return min(passed, key=lambda a: (_size(a), _latency(a)))
-    if objective == "accuracy":
-        return max(passed, key=lambda a: (_accuracy(a), -_latency(a)))
-    return min(passed, key=_latency)
-
-
-def best_failed(attempts: Sequence[Attempt]) -> Attempt | None:
-    measured = [a for a in attempts if a.status == "failed" and a.validation and a.measurement]
-    return max(measured, key=_accuracy) if measured else None
-
-
 def _skipped(candidate: Candidate, detail: str) -> Attempt:
     """A candidate the search did not build, with the reason."""
     return Attempt(
@@ -438,19 +409,26 @@ def _skipped(candidate: Candidate, detail: str) -> Attempt:
 
 def convert(request: ConvertRequest, progress: Progress | None = None) -> ConversionResult:
     progress = progress or SilentProgress()
+    # The destination is checked before any work (minutes of it), and again once the
+    # model's own folder is known: a bundle never replaces its source.
+    local_source = Path(request.model).expanduser()
+    protected = (local_source,) if local_source.exists() else ()
     if request.out is not None:
-        check_destination(request.out, force=request.force)
+        check_destination(request.out, force=request.force, protected=protected)
     the_plan = make_plan(request, progress)
     info, profile = the_plan.model, the_plan.profile
     if not the_plan.candidates:
         raise explain_empty_plan(the_plan)
     out = request.out or default_out(info, profile.id)
-    check_destination(out, force=request.force)
+    check_destination(out, force=request.force, protected=(*protected, info.local_path))
     progress.stage(f"Plan for {profile.id}: " + ", ".join(c.recipe.id for c in the_plan.candidates))
     samples = load_samples(info.family, request.samples)
     workload = workload_for(info)
     objective = objective_for(request, info)
     threads = max(1, min(profile.cpu.cores, available_cores()))
+    basis = speed_basis(profile, probe_cpu(), the_plan.candidates)
+    if not basis.host_timings_rank:
+        progress.stage(basis.describe(profile.id))
 
     with tempfile.TemporaryDirectory(prefix="edgeport-") as tmp:
         workdir = Path(tmp)
@@ -496,7 +474,7 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
                     _skipped(candidate, f"search budget of {request.search_budget_s:.0f}s spent")
                 )
                 continue
-            pruned = prune_reason(candidate, attempts, objective)
+            pruned = prune_reason(candidate, attempts, objective, basis)
             if pruned:
                 attempts.append(_skipped(candidate, pruned))
                 progress.info(f"{candidate.recipe.id}: skipped, {pruned}")
@@ -510,10 +488,10 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             if attempt.status == "failed" and prepared.search is not None:
                 attempts.extend(evaluator.refine(candidate, attempt, baseline, prepared.search))
 
-        if objective == "latency":
+        if objective == "latency" and basis.host_timings_rank:
             progress.stage("Confirming latency of the passing candidates against the baseline")
             attempts = evaluator.confirm_latency(attempts)
-        chosen = choose(attempts, objective)
+        chosen = choose(attempts, objective, basis)
         verdict = "passed"
         if chosen is None:
             if not any(a.status == "failed" for a in attempts):
@@ -536,6 +514,7 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             samples.describe(),
             objective,
             TRADEOFF_IMAGE if tradeoff_svg and chosen is not None else None,
+            speed_note=basis.describe(profile.id),
         )
         if chosen is None:
             report_path = out.with_name(f"{out.name}.report.md")
@@ -570,6 +549,7 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             evaluation,
             samples.validation,
             tradeoff_svg,
+            "" if basis.host_timings_rank else basis.describe(profile.id),
         )
     return ConversionResult(
         bundle=bundle_path,
@@ -630,10 +610,11 @@ def write_bundle(
     evaluation: Evaluation | None = None,
     validation_texts: Sequence[str] = (),
     tradeoff_svg: str | None = None,
+    speed_note: str = "",
 ) -> Path:
     from tokenizers import Tokenizer
 
-    from edgeport.reproducibility import reproducibility
+    from edgeport.reproducibility import with_reproducibility
     from edgeport.text_inputs import pad_token_id
 
     info, profile = the_plan.model, the_plan.profile
@@ -644,7 +625,9 @@ def write_bundle(
             f"no on-device runner for {candidate.target.id} {info.family} models yet"
         )
     runtime_devices = profile.runtime(candidate.target.id)
-    with BundleWriter(out, force=request.force) as writer:
+    local_source = Path(request.model).expanduser()
+    protected = (info.local_path, *((local_source,) if local_source.exists() else ()))
+    with BundleWriter(out, force=request.force, protected=protected) as writer:
         for name in artifact.files:
             writer.copy(artifact.directory / name)
         for path in tokenizer_files(tokenizer_dir):
@@ -716,11 +699,14 @@ def write_bundle(
             files=entries,
             # What the recipe did (precision of embeddings, lm_head, kept layers), then
             # how it was validated.
-            notes=[*artifact.notes, *(chosen.validation.notes if chosen.validation else [])],
+            notes=[
+                *artifact.notes,
+                *(chosen.validation.notes if chosen.validation else []),
+                *([speed_note] if speed_note else []),
+            ],
             golden=golden,
-            reproducibility=reproducibility(entries),
         )
-        writer.write_manifest(manifest)
+        writer.write_manifest(with_reproducibility(manifest))
         return writer.commit()
 
 

@@ -3,6 +3,12 @@
 Every recipe × runtime pair the profile could run is either kept, with a reason and an
 estimate of its speed, size and memory, or dropped with the reason (runtime missing on
 the device, ISA missing, precision not native, does not fit RAM, extra not installed).
+
+A kept candidate carries its recipe resolved for the device: knobs that depend on the
+CPU (`quantize.accuracy_level_by_feature`, `group_size_by_feature`) are decided here from
+the profile's features, never from the build host, and the manifest records the result.
+Language models decode one token at a time and read every weight once per token, so their
+speed is estimated from bytes per token and the profile's memory bandwidth.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from edgeport.schemas import (
 
 Objective = Literal["latency", "size", "accuracy"]
 MIB = 1024 * 1024
+# Share of peak DRAM bandwidth a CPU decoder sustains on one token's weight reads. Good
+# GEMV kernels reach 0.6-0.8 of STREAM, which is itself ~0.7 of the peak a spec sheet gives;
+# per-operator overhead in small models lowers it further, so estimates are optimistic.
+DECODE_BANDWIDTH_EFFICIENCY = 0.5
 
 
 def estimate_activation_mb(model: ModelInfo, profile: DeviceProfile) -> float:
@@ -46,6 +56,61 @@ def estimate_activation_mb(model: ModelInfo, profile: DeviceProfile) -> float:
     return (hidden_states + attention) / MIB
 
 
+def for_device(recipe: Recipe, profile: DeviceProfile) -> Recipe:
+    """The recipe with its device-dependent quantisation knobs resolved for the profile."""
+    quantize = recipe.quantize.for_features(profile.feature_set)
+    if quantize is recipe.quantize:
+        return recipe
+    return recipe.model_copy(update={"quantize": quantize})
+
+
+def kv_cache_bytes_per_token(model: ModelInfo, context: int) -> float:
+    """Bytes of fp32 KV cache one decode step reads with `context` tokens before it."""
+    dims = model.dims
+    heads = dims.num_attention_heads or 12
+    head_dim = dims.head_dim or (dims.hidden_size or 768) // heads
+    kv_heads = dims.num_key_value_heads or heads
+    return 2.0 * (dims.num_layers or 12) * kv_heads * head_dim * context * 4
+
+
+def decode_bytes_per_token(model: ModelInfo, recipe: Recipe, context: int = 0) -> float:
+    """Bytes one decode step reads: every weight once (at the recipe's size) plus the cache."""
+    weights = model.parameter_count * 4 * recipe.expect.size_factor
+    return weights + kv_cache_bytes_per_token(model, context)
+
+
+def estimate_decode_tokens_per_s(
+    model: ModelInfo, recipe: Recipe, profile: DeviceProfile, context: int = 0
+) -> float | None:
+    """Memory-bound decode speed on the device, or None without the profile's bandwidth."""
+    if model.family != "decoder" or profile.memory_bandwidth_gbs is None:
+        return None
+    bandwidth = profile.memory_bandwidth_gbs * 1e9 * DECODE_BANDWIDTH_EFFICIENCY
+    return bandwidth / decode_bytes_per_token(model, recipe, context)
+
+
+def decode_speedup(model: ModelInfo, recipe: Recipe, profile: DeviceProfile) -> float:
+    """Expected decode speedup over fp32 weights: the ratio of bytes read per token, with the
+    (fp32, unchanged) KV cache at half the profile's context as the common term."""
+    context = min(profile.context_length, model.dims.max_positions or profile.context_length)
+    fp32 = model.parameter_count * 4 + kv_cache_bytes_per_token(model, context // 2)
+    return fp32 / decode_bytes_per_token(model, recipe, context // 2)
+
+
+def _decode_reason(model: ModelInfo, recipe: Recipe, profile: DeviceProfile) -> str:
+    megabytes = decode_bytes_per_token(model, recipe) / 1e6
+    short = estimate_decode_tokens_per_s(model, recipe, profile)
+    if short is None:
+        return f"~{megabytes:,.0f} MB read per token (no memory bandwidth in the profile)"
+    context = min(profile.context_length, model.dims.max_positions or profile.context_length)
+    full = estimate_decode_tokens_per_s(model, recipe, profile, context) or short
+    return (
+        f"decode ~{short:,.0f} tokens/s (~{full:,.0f} at {context:,} tokens of context): "
+        f"~{megabytes:,.0f} MB per token at {DECODE_BANDWIDTH_EFFICIENCY:.0%} of "
+        f"{profile.memory_bandwidth_gbs:g} GB/s"
+    )
+
+
 def estimate_memory_mb(
     model: ModelInfo, recipe: Recipe, target: Target, profile: DeviceProfile
 ) -> float:
@@ -54,14 +119,31 @@ def estimate_memory_mb(
     return weights + estimate_activation_mb(model, profile) + target.runtime_overhead_mb
 
 
-def _drop(recipe: Recipe, code: str, reason: str) -> DroppedCandidate:
+def _drop(
+    recipe: Recipe, code: str, reason: str, estimated_memory_mb: float | None = None
+) -> DroppedCandidate:
     return DroppedCandidate.model_validate(
-        {"recipe_id": recipe.id, "target_id": recipe.target, "code": code, "reason": reason}
+        {
+            "recipe_id": recipe.id,
+            "target_id": recipe.target,
+            "code": code,
+            "reason": reason,
+            "estimated_memory_mb": estimated_memory_mb,
+        }
     )
 
 
 def _speed_reason(recipe: Recipe, features: frozenset[str], speedup: float) -> str:
     precision = recipe.precision
+    level = recipe.quantize.accuracy_level
+    if precision in {"int4", "int8"} and recipe.quantize.scheme.endswith("-weight") and level:
+        matched = [f for f, v in recipe.quantize.accuracy_level_by_feature.items() if f in features]
+        why = f" for {matched[0]}" if matched else ""
+        compute = {4: "int8", 3: "bf16", 2: "fp16", 1: "fp32"}[level]
+        return (
+            f"{precision} weights, {compute} compute (accuracy_level {level}{why}), "
+            f"~{speedup:.1f}x fp32 (memory-bound decoding)"
+        )
     if precision == "int8":
         fast = sorted(features & INT8_DOT_FEATURES)
         if fast:
@@ -146,6 +228,7 @@ def plan(
                     f"needs ~{memory:,.0f} MB but {profile.id} can give a model "
                     f"~{budget_mb:,.0f} MB ({profile.usable_memory_fraction:.0%} of "
                     f"{profile.memory_mb:,} MB)",
+                    estimated_memory_mb=round(memory, 1),
                 )
             )
             continue
@@ -158,12 +241,16 @@ def plan(
                 )
             )
             continue
-        speedup = recipe.expect.speedup_on(features)
+        recipe = for_device(recipe, profile)
         size_mb = model.parameter_count * 4 / MIB * recipe.expect.size_factor
-        reason = (
-            f"{_speed_reason(recipe, features, speedup)}; ~{size_mb:,.0f} MB on disk; "
-            f"needs ~{memory:,.0f} of {budget_mb:,.0f} MB"
-        )
+        if model.family == "decoder":
+            speedup = round(decode_speedup(model, recipe, profile), 2)
+            decode = _decode_reason(model, recipe, profile)
+            speed = f"{_speed_reason(recipe, features, speedup)}; {decode}"
+        else:
+            speedup = recipe.expect.speedup_on(features)
+            speed = _speed_reason(recipe, features, speedup)
+        reason = f"{speed}; ~{size_mb:,.0f} MB on disk; needs ~{memory:,.0f} of {budget_mb:,.0f} MB"
         kept.append(
             Candidate(
                 recipe=recipe,

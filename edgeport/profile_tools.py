@@ -15,6 +15,7 @@ import yaml
 
 from edgeport import __version__
 from edgeport.catalog import builtin_dir, cross_reference_problems, problems_in_file
+from edgeport.hub import is_folder
 from edgeport.schemas import CpuFeature, DeviceProfile
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     """Files as given; folders stand for the *.yaml / *.yml files directly inside them."""
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        if is_folder(path):
             files.extend(sorted([*path.glob("*.yaml"), *path.glob("*.yml")]))
         else:
             files.append(path)

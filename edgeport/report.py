@@ -63,6 +63,7 @@ def render_report(
     sample_description: str,
     objective: str,
     tradeoff_image: str | None = None,
+    speed_note: str = "",
 ) -> str:
     model = plan.model
     profile = plan.profile
@@ -78,6 +79,7 @@ def render_report(
         + (f", features {', '.join(profile.cpu.features)}" if profile.cpu.features else ""),
         f"- **Verdict**: {verdict}",
         f"- **Objective**: {objective}",
+        *([f"- **Speed ranking**: {speed_note}"] if speed_note else []),
     ]
     if chosen is not None:
         candidate = next((c for c in plan.candidates if c.recipe.id == chosen.recipe_id), None)

@@ -109,6 +109,14 @@ class DeviceProfile(StrictModel):
         default=128, description="Typical input length in tokens for encoders."
     )
     batch_size: PositiveInt = Field(default=1, description="Typical batch size on the device.")
+    memory_bandwidth_gbs: float | None = Field(
+        default=None,
+        gt=0,
+        description="Peak DRAM bandwidth in GB/s (1e9 bytes/s): channels x bus width x "
+        "transfer rate of the memory the device ships with (say where in `source`). "
+        "Decoding a language model reads every weight once per token, so this bounds the "
+        "tokens/s the planner estimates; omit when unknown.",
+    )
 
     @model_validator(mode="after")
     def _unique_runtimes(self) -> DeviceProfile:
@@ -193,6 +201,8 @@ class GraphOptimization(StrictModel):
 
 
 QuantScheme = Literal["none", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight"]
+# MatMulNBits' accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute.
+AccuracyLevel = Literal[0, 1, 2, 3, 4]
 
 
 class Quantization(StrictModel):
@@ -252,8 +262,38 @@ class Quantization(StrictModel):
     )
     lm_head_precision: Literal["fp32", "int8", "int4"] = Field(
         default="int8",
-        description="Weight-only (ONNX Runtime): the output projection to the vocabulary.",
+        description="Weight-only (ONNX Runtime): the output projection to the vocabulary. "
+        "A head tied to the token embeddings is quantised once, at this precision, and "
+        "shared with the embedding lookup.",
     )
+    accuracy_level: AccuracyLevel | None = Field(
+        default=None,
+        description="Weight-only (ONNX Runtime MatMulNBits): the lowest precision the kernel "
+        "may compute in: 0 unset (fp32), 1 fp32, 2 fp16, 3 bf16, 4 int8 (activations "
+        "quantised per block to int8, integer dot products). The planner resolves it for "
+        "the device from accuracy_level_by_feature; the manifest records what ran.",
+    )
+    accuracy_level_by_feature: dict[CpuFeature, AccuracyLevel] = Field(
+        default_factory=dict,
+        description="accuracy_level on CPUs with this feature; the first one the device has "
+        "wins, accuracy_level applies when none does. Decided from the profile, never from "
+        "the build host: the same device gets the same file on any host.",
+    )
+    group_size_by_feature: dict[CpuFeature, PositiveInt] = Field(
+        default_factory=dict,
+        description="Weight-only: group_size on CPUs with this feature (first match wins).",
+    )
+
+    def for_features(self, features: frozenset[str]) -> Quantization:
+        """This quantisation with the device-dependent knobs resolved for a CPU's features."""
+        update: dict[str, object] = {}
+        level = next((v for f, v in self.accuracy_level_by_feature.items() if f in features), None)
+        if level is not None:
+            update["accuracy_level"] = level
+        group = next((v for f, v in self.group_size_by_feature.items() if f in features), None)
+        if group is not None:
+            update["group_size"] = group
+        return self.model_copy(update=update) if update else self
 
     @property
     def precision(self) -> Precision:
@@ -382,6 +422,9 @@ class DroppedCandidate(StrictModel):
     target_id: str
     code: DropCode
     reason: str
+    estimated_memory_mb: float | None = Field(
+        default=None, description="For memory drops: what the candidate would need."
+    )
 
 
 class Plan(StrictModel):
@@ -498,7 +541,14 @@ class GoldenSpec(StrictModel):
     """Golden inputs and reference outputs shipped in the bundle (golden.npz), for verify.py."""
 
     file: str = "golden.npz"
-    texts: list[str]
+    texts: list[str] = Field(
+        description="One entry per golden sample (verify.py counts them): the text, cut to "
+        "256 characters, for edgeport's built-in samples; `sha256:<hex> (N chars)` for a "
+        "user's samples, which may be private and are never copied into the bundle."
+    )
+    texts_redacted: bool = Field(
+        default=False, description="True when `texts` hold sha256 digests, not the texts."
+    )
     tokens: list[int] = Field(description="Token count of each text (no padding).")
     input_names: list[str]
     output_names: list[str]
@@ -520,7 +570,12 @@ class Reproducibility(StrictModel):
     """What two conversions of the same model, commit and recipe share, and what differs."""
 
     content_sha256: str = Field(
-        description="sha256 over the 'path sha256' lines of every file not listed as volatile."
+        description="sha256 over the 'path sha256' lines of every file not listed as volatile, "
+        "then the line 'manifest.json#stable <manifest_sha256>'."
+    )
+    manifest_sha256: str = Field(
+        description="sha256 of the canonical JSON (keys sorted, compact) of this manifest "
+        "without this section, its volatile fields and the entries of volatile files."
     )
     stable_files: list[str]
     volatile: list[VolatileFile]

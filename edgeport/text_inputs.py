@@ -6,7 +6,6 @@ with the same padding and truncation, so what was validated is what runs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,7 +56,10 @@ def tokenizer_files(folder: Path) -> list[Path]:
 def pad_token_id(folder: Path, tokenizer: Any) -> int:
     config_path = folder / "tokenizer_config.json"
     if config_path.is_file():
-        pad = json.loads(config_path.read_text(encoding="utf-8")).get("pad_token")
+        from edgeport.hub import read_json_file
+
+        config = read_json_file(config_path)
+        pad = config.get("pad_token") if isinstance(config, dict) else None
         if isinstance(pad, dict):
             pad = pad.get("content")
         if isinstance(pad, str) and tokenizer.token_to_id(pad) is not None:

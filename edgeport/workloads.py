@@ -17,7 +17,6 @@ Encoders (embeddings, classification) run texts alone and in padded batches. Dec
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,11 +185,14 @@ class EncoderWorkload:
 
 def eos_token_ids(folder: Path) -> list[int]:
     """Tokens that end generation, from generation_config.json, else config.json."""
+    from edgeport.hub import read_json_file
+
     for name in ("generation_config.json", "config.json"):
         path = folder / name
         if not path.is_file():
             continue
-        value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+        config = read_json_file(path)
+        value = config.get("eos_token_id") if isinstance(config, dict) else None
         if isinstance(value, int):
             return [value]
         if isinstance(value, list) and all(isinstance(v, int) for v in value):
@@ -311,7 +313,8 @@ class DecoderWorkload:
     ) -> GoldenSpec | None:
         from edgeport.golden import write_decoder_golden
 
-        return write_decoder_golden(folder, model, evaluation, tolerance)
+        # `texts` (the validation samples) tell whether the windows' text may be shipped.
+        return write_decoder_golden(folder, model, evaluation, tolerance, texts)
 
     def runtime_extras(self, model: ModelInfo) -> dict[str, Any]:
         return {"eos_token_ids": eos_token_ids(model.local_path)}

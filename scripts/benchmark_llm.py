@@ -15,6 +15,21 @@ KV cache (tokens/s), time to first token and peak memory (bench.py, one child pr
 model), size of the model files, and the validation metrics against PyTorch (next-token
 agreement, perplexity increase, generation match; workloads.DecoderWorkload). Every
 number is also printed as a ratio against the fp32 baseline. Not a test: it takes minutes.
+
+With `--bundle RECIPE@PROFILE` (repeatable) it instead converts the model once per pair with
+`edgeport convert --recipe RECIPE --accept-degraded` and times each bundle's own `run.py`
+(the code the device runs) in interleaved rounds, so every row shares the host's state:
+
+    python scripts/benchmark_llm.py --smollm2-shape          # issue 17's protocol
+    python scripts/benchmark_llm.py MODEL --bundle onnx-fp32@raspberry-pi-5 \
+        --bundle onnx-int4-weight@raspberry-pi-5 --bundle openvino-int4-weight@intel-n100
+
+`--smollm2-shape` builds a randomly initialised model of SmolLM2-135M's shape (Llama, 30
+layers, hidden 576, tied embeddings, vocabulary 49152) in the work folder: speed depends
+on shapes, not on trained weights, and no download is needed. It prints prefill and decode
+tokens/s, time to first token, peak resident memory of the run.py process and model size
+per bundle, each also as a ratio against the first bundle (ONNX Runtime fp32), plus this
+host's CPU and ISA flags: a speed measured here says nothing about another CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +46,26 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO.parent / "shared" / "models" / "tiny-llama-pydoc"
+DEFAULT_BUNDLES = [
+    "onnx-fp32@raspberry-pi-5",
+    "onnx-int4-weight@raspberry-pi-5",
+    "openvino-int4-weight@intel-n100",
+]
+PROMPT = "The with statement is used to"
+SMOLLM2_135M = {  # HuggingFaceTB/SmolLM2-135M's config.json, shapes only
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 
 
 @dataclass
@@ -137,6 +172,183 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("(ratios against the first row, optimum-cli's fp32 ONNX export; speed > 1x is faster)")
 
 
+# ----------------------------------------------------------------- host
+
+
+def host_cpu() -> str:
+    """This host's CPU model and the ISA flags edgeport's profiles speak of."""
+    import platform
+
+    from edgeport.host import cpu_model_name, features_from_cpuinfo
+
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text(encoding="utf-8") if cpuinfo.is_file() else ""
+    name = cpu_model_name(text) or platform.processor() or platform.machine()
+    features = features_from_cpuinfo(text) if text else []
+    return f"{name}; {os.cpu_count()} cores; ISA: {' '.join(features) or 'unknown'}"
+
+
+# ----------------------------------------------------------------- bundles timed by run.py
+
+
+def smollm2_shaped(folder: Path) -> Path:
+    """A random model of SmolLM2-135M's shape with tiny-llama-pydoc's tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (folder / "model.safetensors").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy2(DEFAULT_MODEL / name, folder / name)
+    torch.manual_seed(0)
+    config = LlamaConfig(**SMOLLM2_135M)  # type: ignore[no-untyped-call]
+    LlamaForCausalLM(config).save_pretrained(str(folder))  # type: ignore[no-untyped-call]
+    return folder
+
+
+@dataclass
+class Bundle:
+    label: str
+    directory: Path
+    manifest: dict[str, Any]
+
+    @property
+    def model_bytes(self) -> int:
+        stem = self.manifest["runtime"]["model_file"].rsplit(".", 1)[0]
+        return sum(f["bytes"] for f in self.manifest["files"] if f["path"].startswith(stem))
+
+
+def convert_bundle(model: Path, pair: str, out: Path) -> Bundle:
+    recipe, _, profile = pair.partition("@")
+    if not profile:
+        raise SystemExit(f"--bundle wants RECIPE@PROFILE, got {pair!r}")
+    if not (out / "manifest.json").is_file():
+        _run([sys.executable, "-m", "edgeport", "convert", str(model), "--profile", profile,
+              "--recipe", recipe, "--accept-degraded", "--out", str(out), "--force"])  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    return Bundle(pair, out, manifest)
+
+
+def time_run_py(bundle: Bundle, prompt: str, new_tokens: int, threads: int) -> dict[str, Any]:
+    """One `run.py --json` in its own process, with that process's peak RSS (wait4)."""
+    command = [sys.executable, str(bundle.directory / "run.py"), prompt, "--json",
+               "--max-new-tokens", str(new_tokens), "--threads", str(threads)]  # fmt: skip
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        stdout = child.stdout.read() if child.stdout else ""
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        errors.seek(0)
+        stderr = errors.read()
+    if child.returncode:
+        raise SystemExit(f"{bundle.label}: run.py failed ({child.returncode}): {stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    return result
+
+
+def measure_bundles(
+    bundles: list[Bundle], prompt: str, new_tokens: int, threads: int, rounds: int
+) -> list[dict[str, Any]]:
+    """Interleaved rounds (every bundle once per round), medians per bundle."""
+    import statistics
+
+    runs: dict[str, list[dict[str, Any]]] = {b.label: [] for b in bundles}
+    for bundle in bundles:  # warm the page cache: the first load reads the file from disk
+        time_run_py(bundle, prompt, 2, threads)
+    for index in range(rounds):
+        print(f"round {index + 1}/{rounds}", file=sys.stderr)
+        for bundle in bundles:
+            runs[bundle.label].append(time_run_py(bundle, prompt, new_tokens, threads))
+    rows = []
+    for bundle in bundles:
+        done = runs[bundle.label]
+        ttft = statistics.median(r["time_to_first_token_ms"] for r in done)
+        metrics = bundle.manifest.get("metrics", {})
+        rows.append(
+            {
+                "label": bundle.label,
+                "recipe": bundle.manifest["recipe"]["id"],
+                "verdict": bundle.manifest.get("verdict"),
+                "accuracy_level": bundle.manifest["recipe"]["quantize"].get("accuracy_level"),
+                "bytes": bundle.model_bytes,
+                "prompt_tokens": done[0]["prompt_tokens"],
+                "new_tokens": done[0]["new_tokens"],
+                "prefill_tokens_per_s": done[0]["prompt_tokens"] / (ttft / 1000),
+                "tokens_per_s": statistics.median(r["tokens_per_s"] for r in done),
+                "tokens_per_s_runs": [r["tokens_per_s"] for r in done],
+                "time_to_first_token_ms": ttft,
+                "peak_memory_mb": statistics.median(r["peak_rss_mb"] for r in done),
+                "next_token_agreement": metrics.get("next_token_agreement"),
+            }
+        )
+    return rows
+
+
+def print_bundle_table(rows: list[dict[str, Any]]) -> None:
+    base = rows[0]
+
+    def ratio(row: dict[str, Any], key: str) -> str:
+        return f"{row[key] / base[key]:.2f}x" if row[key] and base[key] else "-"
+
+    header = (
+        f"{'bundle (recipe@profile)':38} {'MB':>7} {'size':>6} {'prefill/s':>9} "
+        f"{'decode/s':>8} {'speed':>6} {'TTFT ms':>8} {'RSS MB':>7} {'agree':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        agree = row["next_token_agreement"]
+        print(
+            f"{row['label'][:38]:38} {row['bytes'] / 1e6:7.1f} {ratio(row, 'bytes'):>6} "
+            f"{row['prefill_tokens_per_s']:9.1f} {row['tokens_per_s']:8.2f} "
+            f"{ratio(row, 'tokens_per_s'):>6} {row['time_to_first_token_ms']:8.1f} "
+            f"{row['peak_memory_mb']:7.0f} {'-' if agree is None else f'{agree:.3f}':>6}"
+        )
+    print(
+        f"(medians of interleaved runs of each bundle's run.py, {rows[0]['prompt_tokens']} "
+        f"prompt tokens, {rows[0]['new_tokens']} new; ratios against the first row; "
+        "agree: next-token agreement with PyTorch from the manifest)"
+    )
+    by_recipe = {row["recipe"]: row for row in rows}
+    fp32 = by_recipe.get("onnx-fp32")
+    ort4, ov4 = by_recipe.get("onnx-int4-weight"), by_recipe.get("openvino-int4-weight")
+    if fp32:
+        for int4 in (ort4, ov4):
+            if int4:
+                print(
+                    f"{int4['recipe']}: {int4['tokens_per_s'] / fp32['tokens_per_s']:.2f}x "
+                    f"ONNX Runtime fp32's decode speed, {int4['bytes'] / fp32['bytes']:.3f} of "
+                    "its size"
+                )
+    if ort4 and ov4:
+        print(
+            f"onnx-int4-weight decodes at {ort4['tokens_per_s'] / ov4['tokens_per_s']:.2f}x "
+            "openvino-int4-weight's speed"
+        )
+
+
+def bundles_main(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="edgeport-llm-bench-") as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        model = smollm2_shaped(work / "smollm2-135m-shaped") if args.smollm2_shape else args.model
+        bundles = [
+            convert_bundle(model, pair, work / pair.replace("@", "--"))
+            for pair in args.bundle or DEFAULT_BUNDLES
+        ]
+        rows = measure_bundles(bundles, args.prompt, args.max_new_tokens, args.threads, args.rounds)
+    print(f"host: {host_cpu()}; {args.threads} threads")
+    print(f"model: {'SmolLM2-135M shape, random weights' if args.smollm2_shape else args.model}")
+    print_bundle_table(rows)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,7 +358,25 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    parser.add_argument(
+        "--bundle",
+        action="append",
+        default=None,
+        metavar="RECIPE@PROFILE",
+        help="convert with this recipe for this profile and time the bundle's run.py",
+    )
+    parser.add_argument(
+        "--smollm2-shape",
+        action="store_true",
+        help="benchmark a random model of SmolLM2-135M's shape (implies the run.py mode)",
+    )
+    parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    if args.bundle or args.smollm2_shape:
+        return bundles_main(args)
+    print(f"host: {host_cpu()}; {args.threads} threads")
     profiles = args.profile or ["raspberry-pi-5", "intel-n100"]
 
     from edgeport.hub import resolve
@@ -173,7 +403,7 @@ def main() -> int:
             info,
             prepare_tokenizer(info, work, trust_remote_code=False),
             load_samples("decoder", None),
-            exported,  # type: ignore[arg-type]
+            exported,
             reference,
         )
         del reference

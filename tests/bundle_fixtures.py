@@ -43,3 +43,17 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
 
 def write_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
     (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def reseal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Recompute the manifest's digests after an edit, as anyone editing it on purpose can.
+
+    Tests that change the manifest to reach a later check (golden data, paths) reseal it;
+    tests of the digest check itself do not.
+    """
+    from edgeport.runners.verify_bundle import content_digest, manifest_digest
+
+    digest = manifest_digest(manifest)
+    manifest["reproducibility"]["manifest_sha256"] = digest
+    manifest["reproducibility"]["content_sha256"] = content_digest(manifest["files"], digest)
+    return manifest

@@ -14,8 +14,8 @@ from bundle_fixtures import copy_bundle, read_manifest, tiny_bundle_once
 from conftest import run_cli
 
 from edgeport.archive import pack, unpack
-from edgeport.reproducibility import content_digest
 from edgeport.errors import BadInputError, VerificationError
+from edgeport.reproducibility import content_digest
 from edgeport.schemas import FileEntry
 
 
@@ -73,16 +73,19 @@ def test_pack_refuses_a_tampered_bundle(bundle: Path, tmp_path: Path) -> None:
 def test_reproducibility_note_covers_stable_files(bundle: Path) -> None:
     note = read_manifest(bundle)["reproducibility"]
     entries = [FileEntry(**entry) for entry in read_manifest(bundle)["files"]]
-    assert note["content_sha256"] == content_digest(entries, {v["path"] for v in note["volatile"]})
+    assert note["content_sha256"] == content_digest(
+        entries, {v["path"] for v in note["volatile"]}, note["manifest_sha256"]
+    )
     assert "report.md" not in note["stable_files"] and "model.onnx" in note["stable_files"]
     assert "attempts[].duration_s" in note["volatile"][0]["fields"]
 
 
 def _evil_archive(path: Path, kind: str) -> Path:
     with tarfile.open(path, "w:gz") as tar:
+        manifest = b'{"created_by": "edgeport", "files": []}'
         ok = tarfile.TarInfo("manifest.json")
-        ok.size = 2
-        tar.addfile(ok, io.BytesIO(b"{}"))
+        ok.size = len(manifest)
+        tar.addfile(ok, io.BytesIO(manifest))
         info = tarfile.TarInfo(
             {"absolute": "/tmp/evil", "dotdot": "../evil", "nested-dotdot": "a/../../evil"}.get(
                 kind, "evil"
@@ -103,11 +106,20 @@ def _evil_archive(path: Path, kind: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "kind", ["absolute", "dotdot", "nested-dotdot", "symlink", "hardlink", "device", "fifo"]
+    ("kind", "reason"),
+    [
+        ("absolute", "absolute path"),
+        ("dotdot", "escapes the target folder"),
+        ("nested-dotdot", "escapes the target folder"),
+        ("symlink", "is a link"),
+        ("hardlink", "is a link"),
+        ("device", "special file"),
+        ("fifo", "special file"),
+    ],
 )
-def test_unpack_refuses_escaping_entries(tmp_path: Path, kind: str) -> None:
+def test_unpack_refuses_escaping_entries(tmp_path: Path, kind: str, reason: str) -> None:
     archive = _evil_archive(tmp_path / f"{kind}.tar.gz", kind)
-    with pytest.raises(BadInputError, match="refusing"):
+    with pytest.raises(BadInputError, match=f"{reason}.*; refusing to unpack"):
         unpack(archive, tmp_path / "dest")
     assert not (tmp_path / "dest").exists() and not (tmp_path / "evil").exists()
     result = run_cli("unpack", str(archive), str(tmp_path / "dest"))
@@ -125,4 +137,10 @@ def test_unpack_rejects_garbage_and_existing_destination(bundle: Path, tmp_path:
     (tmp_path / "taken" / "file").write_text("x")
     with pytest.raises(BadInputError, match="already exists"):
         unpack(archive, tmp_path / "taken")
-    assert unpack(archive, tmp_path / "taken", force=True).joinpath("manifest.json").is_file()
+    with pytest.raises(BadInputError, match="not an edgeport bundle"):  # --force: bundles only
+        unpack(archive, tmp_path / "taken", force=True)
+    assert (tmp_path / "taken" / "file").read_text() == "x"
+    previous = copy_bundle(bundle, tmp_path / "previous")
+    (previous / "stale.txt").write_text("from an older bundle")
+    assert unpack(archive, previous, force=True).joinpath("manifest.json").is_file()
+    assert not (previous / "stale.txt").exists()

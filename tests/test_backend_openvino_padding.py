@@ -279,3 +279,178 @@ def test_a_per_position_constant_reads_the_unpacked_tensor(positional: bool) -> 
     expected = next(iter(_run(model, feeds).values()))
     actual = next(iter(_run(remove_padding(model), feeds).values()))
     np.testing.assert_allclose(actual[mask], expected[mask], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------- quantised graphs, and the AVX2 host (issue 12)
+
+# Element-wise ops the packing must not use on its integer index tensors: the CPU
+# plugin's AVX2 Select reads an integer condition as a float, which flush-to-zero
+# (CPU_DENORMALS_OPTIMIZATION) turns to 0 (docs/research/padding-removal-isa.md).
+_INTEGER_ELTWISE = {"Select", "Subtract", "Add", "Multiply", "NotEqual", "Equal", "CumSum"}
+
+
+@pytest.fixture(scope="module")
+def quantised(bert: Exported) -> Path:
+    """The tiny BERT quantised by the int8-static recipe's settings, padding kept, saved."""
+    import openvino as ov
+
+    recipe = load_catalog().recipe("openvino-int8-static")
+    model = bert.backend._quantize_static(
+        bert.model.clone(), recipe.quantize, bert.calibration, bert.exported.input_names
+    )
+    folder = bert.workdir / "int8-padded"
+    folder.mkdir()
+    ov.save_model(model, str(folder / openvino_backend.MODEL_FILE))
+    return folder
+
+
+def _created_ops(before: Any, after: Any) -> list[Any]:
+    names = {op.get_friendly_name() for op in before.get_ops()}
+    return [op for op in after.get_ops() if op.get_friendly_name() not in names]
+
+
+def test_the_packing_uses_no_integer_elementwise_ops(bert: Exported) -> None:
+    created = _created_ops(bert.model, remove_padding(bert.model))
+    kinds = {op.get_type_name() for op in created}
+    assert "NonZero" in kinds and "Gather" in kinds
+    assert not kinds & _INTEGER_ELTWISE, kinds
+
+
+def test_a_quantised_graph_is_packed_as_fully_as_the_float_one(
+    bert: Exported, quantised: Path
+) -> None:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(quantised / openvino_backend.MODEL_FILE))
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    unpadded = remove_padding(model)
+
+    def gathers(before: Any, after: Any) -> int:
+        return sum(op.get_type_name() == "Gather" for op in _created_ops(before, after))
+
+    # Pack once, unpack at each attention's Q, K, V and at the output: the same as fp32,
+    # so NNCF's scales and quantisers did not stop the residual stream from being packed.
+    assert gathers(model, unpadded) == gathers(bert.model, remove_padding(bert.model))
+    for feeds in (bert.batch, bert.single):  # compiled as validation and the runner do
+        mask = feeds["attention_mask"].astype(bool)
+        expected = openvino_backend.OpenVinoSession(model, "CPU", 1).run(feeds)
+        actual = openvino_backend.OpenVinoSession(unpadded, "CPU", 1).run(feeds)
+        np.testing.assert_allclose(
+            actual["last_hidden_state"][mask], expected["last_hidden_state"][mask], atol=1e-5
+        )
+
+
+def test_the_int8_bundle_is_the_quantised_model_with_padding_removed(
+    bert: Exported, quantised: Path
+) -> None:
+    artifact = bert.backend.build(
+        bert.exported,
+        _candidate("openvino-int8-static"),
+        bert.info,
+        bert.calibration,
+        bert.workdir / "int8",
+    )
+    assert any(note.startswith("padding removed") for note in artifact.notes), artifact.notes
+    assert not (artifact.directory.parent / "out-unpadded").exists()
+    padded = openvino_backend.OpenVinoSession(
+        quantised / openvino_backend.MODEL_FILE, "CPU", 1
+    ).run(bert.batch)["last_hidden_state"]
+    shipped = bert.backend.load(artifact, "CPU", 1).run(bert.batch)["last_hidden_state"]
+    mask = bert.batch["attention_mask"].astype(bool)
+    np.testing.assert_allclose(shipped[mask], padded[mask], atol=1e-5)
+    assert not shipped[~mask].any()
+
+
+def test_a_rewrite_broken_only_once_quantised_is_not_shipped(
+    bert: Exported, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old check ran on the fp32 graph before NNCF: this one would have shipped."""
+    import openvino.opset13 as ops
+
+    def zeroed_when_quantised(model: Any) -> Any:
+        unpadded = remove_padding(model)
+        if any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
+            result = unpadded.get_results()[0]
+            zero = ops.multiply(result.input_value(0), ops.constant(np.float32(0)))
+            result.input(0).replace_source_output(zero.output(0))
+        return unpadded
+
+    monkeypatch.setattr(openvino_backend, "remove_padding", zeroed_when_quantised)
+    artifact = bert.backend.build(
+        bert.exported,
+        _candidate("openvino-int8-static"),
+        bert.info,
+        bert.calibration,
+        bert.workdir / "int8-broken",
+    )
+    kept = [note for note in artifact.notes if note.startswith("padding kept")]
+    assert kept and "differs by 1 (relative)" in kept[0], artifact.notes
+    shipped = bert.backend.load(artifact, "CPU", 1).run(bert.batch)["last_hidden_state"]
+    assert shipped[~bert.batch["attention_mask"].astype(bool)].any()  # padding computed
+
+
+_AVX2_CHECK = """
+import json, shutil, sys
+from pathlib import Path
+import numpy as np
+from edgeport.backends import openvino as backend
+
+args = json.loads(sys.argv[1])
+calibration = [dict(np.load(path)) for path in args["calibration"]]
+batch = dict(np.load(args["batch"]))
+report = {}
+for name, source in args["models"].items():
+    out = Path(args["workdir"]) / name
+    shutil.copytree(source, out)
+    note = backend._remove_padding(out, "CPU", calibration, args["max_length"], fp16=False)
+    reference = backend.OpenVinoSession(Path(source) / backend.MODEL_FILE, "CPU", 2)
+    shipped = backend.OpenVinoSession(out / backend.MODEL_FILE, "CPU", 2)
+    errors = []
+    for feeds in [*calibration, batch]:
+        mask = feeds["attention_mask"].astype(bool)
+        expected = reference.run(feeds)["last_hidden_state"][mask]
+        actual = shipped.run(feeds)["last_hidden_state"][mask]
+        errors.append(float(np.abs(expected - actual).max() / np.abs(expected).max()))
+    report[name] = {"note": note, "error": max(errors)}
+print(json.dumps(report))
+"""
+
+
+def test_under_an_avx2_cpu_padding_is_removed_exactly_or_kept(
+    bert: Exported, quantised: Path, tmp_path: Path
+) -> None:
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes the CPU plugin dispatch as on an AVX2-only host,
+    where the first rewrite's outputs were all zero and its check still passed."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    paths = []
+    for number, feeds in enumerate(bert.calibration):
+        paths.append(str(tmp_path / f"calibration-{number}.npz"))
+        np.savez(paths[-1], **feeds)
+    np.savez(tmp_path / "batch.npz", **bert.batch)
+    args = {
+        "calibration": paths,
+        "batch": str(tmp_path / "batch.npz"),
+        "max_length": bert.info.max_length,
+        "workdir": str(tmp_path / "work"),
+        "models": {"fp32": str(bert.exported.directory), "int8": str(quantised)},
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _AVX2_CHECK, json.dumps(args)],
+        env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, outcome in report.items():
+        if outcome["note"].startswith("padding removed"):
+            assert outcome["error"] <= 1e-4, (name, outcome)
+        else:
+            assert outcome["note"].startswith("padding kept"), (name, outcome)
+            assert outcome["error"] == 0, (name, outcome)  # the padded model, unchanged

@@ -228,3 +228,80 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def _tiny_profile(folder: Path, memory_mb: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tiny-board.yaml"
+    path.write_text(
+        "name: A board with almost no memory\n"
+        "source: test\n"
+        "cpu: {arch: arm64, cores: 4, features: [neon, dotprod]}\n"
+        f"memory_mb: {memory_mb}\n"
+        "runtimes:\n"
+        "  - target: onnxruntime\n"
+        "    devices: [CPUExecutionProvider]\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_nothing_fits_exits_5_with_the_numbers(cli: Cli, tiny_bert: Path, tmp_path: Path) -> None:
+    """Recipes dropped for other reasons (other runtimes, ISA) do not hide that the ones
+    the board could run are all too big for its memory."""
+    profile = _tiny_profile(tmp_path / "profiles", memory_mb=8)
+    out = tmp_path / "bundle"
+    result = cli("convert", str(tiny_bert), "--profile", str(profile), "--out", str(out))
+    assert result.returncode == 5, result.stderr
+    assert "nothing fits tiny-board" in result.stderr
+    assert "needs ~" in result.stderr and "8 MB" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 2  # "Resolving ..." and the error
+    assert not out.exists()
+
+    planned = cli("plan", str(tiny_bert), "--profile", str(profile), "--json")
+    assert planned.returncode == 5
+    payload = json.loads(planned.stdout)  # one object: the plan and the error
+    assert payload["candidates"] == []
+    assert payload["error"]["exit_code"] == 5
+    assert any(d["code"] == "memory" and d["estimated_memory_mb"] for d in payload["dropped"])
+
+
+def test_json_bad_input_prints_one_error_object(cli: Cli, tiny_bert: Path) -> None:
+    result = cli("convert", str(tiny_bert), "--profile", "no-such-board", "--json")
+    assert result.returncode == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["exit_code"] == 2 and "unknown profile" in error["message"]
+
+    usage = cli("verify", "--json")
+    assert usage.returncode == 2
+    assert json.loads(usage.stdout)["error"]["type"] == "UsageError"
+
+
+def test_sigterm_leaves_nothing_behind(tiny_bert: Path, tmp_path: Path) -> None:
+    """CI cancellation sends SIGTERM: the work folder and any half-written bundle go."""
+    import signal
+    import time
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "out" / "bundle"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgeport", "convert", str(tiny_bert), "--profile",
+         "x86-64-avx2", "--out", str(out)],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not any(scratch.glob("edgeport-*")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        time.sleep(0.1)
+    time.sleep(2.0)  # well into the work: export, reference outputs
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "terminated" in stderr
+    assert not any(scratch.glob("edgeport-*")), sorted(p.name for p in scratch.iterdir())
+    assert not out.exists()
+    assert not out.parent.exists() or not list(out.parent.iterdir())

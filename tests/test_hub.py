@@ -59,3 +59,28 @@ def test_pickle_only_weights_need_consent(tiny_bert: Path, tmp_path: Path) -> No
 def test_malformed_hub_id() -> None:
     with pytest.raises(BadInputError):
         resolve("not a model id!")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\xff\xfe{}", "not UTF-8 text (byte 0, line 1)"),
+        (b'{"model_type": ', "malformed JSON: Expecting value (line 1)"),
+        (b'"just a string"', "expected a JSON object"),
+    ],
+)
+def test_a_malformed_config_is_bad_input_naming_it(
+    tiny_bert: Path, tmp_path: Path, content: bytes, expected: str
+) -> None:
+    model = tmp_path / "broken"
+    shutil.copytree(tiny_bert, model)
+    (model / "config.json").write_bytes(content)
+    with pytest.raises(BadInputError) as caught:
+        resolve(str(model))
+    assert str(caught.value).startswith(f"{model.resolve() / 'config.json'}: {expected}")
+
+
+def test_a_long_hub_id_is_cut_in_the_message() -> None:
+    with pytest.raises(BadInputError) as caught:
+        resolve("not a model id!" * 1000)
+    assert len(str(caught.value)) < 200

@@ -88,3 +88,97 @@ def test_objective_size_puts_smallest_first() -> None:
 
 def test_host_targets_sees_onnxruntime() -> None:
     assert "onnxruntime" in host_targets(CATALOG.targets.values())
+
+
+# ----------------------------------------------------------------- language models (issue 17)
+
+SMOLLM2_SHAPE = ModelInfo(
+    source="smollm2-135m-shaped",
+    local_path=Path("/nonexistent"),
+    task="text-generation-with-past",
+    family="decoder",
+    model_type="llama",
+    parameter_count=134_515_008,
+    weight_dtype="F32",
+    weight_bytes=538_060_032,
+    files=[],
+    dims=ModelDims(
+        hidden_size=576,
+        num_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        max_positions=8192,
+    ),
+)
+
+
+def _candidate(profile_id: str, recipe_id: str):  # type: ignore[no-untyped-def]
+    result = _plan(profile_id, SMOLLM2_SHAPE)
+    return next(c for c in result.candidates if c.recipe.id == recipe_id)
+
+
+def test_accuracy_level_is_resolved_from_the_profile_into_the_candidate_recipe() -> None:
+    # Arm dotprod (Pi 5), x86 AVX2 and AVX-VNNI: int8 compute. Cortex-A72 (Pi 4): unset.
+    for profile_id, level in (
+        ("raspberry-pi-5", 4),
+        ("x86-64-avx2", 4),
+        ("intel-n100", 4),
+        ("raspberry-pi-4", None),
+    ):
+        candidate = _candidate(profile_id, "onnx-int4-weight")
+        assert candidate.recipe.quantize.accuracy_level == level, profile_id
+        assert ("accuracy_level 4" in candidate.reason) == (level == 4)
+    # The catalogue's recipe itself is untouched: the planner resolves a copy.
+    assert CATALOG.recipe("onnx-int4-weight").quantize.accuracy_level is None
+
+
+def test_device_knobs_resolve_first_matching_feature() -> None:
+    from edgeport.schemas import Quantization
+
+    quantization = Quantization(
+        scheme="int4-weight",
+        group_size=128,
+        accuracy_level=1,
+        accuracy_level_by_feature={"avx512_vnni": 4, "avx2": 2},
+        group_size_by_feature={"dotprod": 32},
+    )
+    assert quantization.for_features(frozenset({"avx2", "avx512_vnni"})).accuracy_level == 4
+    assert quantization.for_features(frozenset({"avx2"})).accuracy_level == 2
+    resolved = quantization.for_features(frozenset({"neon", "dotprod"}))
+    assert (resolved.accuracy_level, resolved.group_size) == (1, 32)
+    assert quantization.for_features(frozenset()) is quantization
+
+
+def test_decode_speed_is_estimated_from_bytes_per_token_and_bandwidth() -> None:
+    import pytest
+
+    from edgeport.planner import estimate_decode_tokens_per_s
+
+    pi5 = CATALOG.profile("raspberry-pi-5")
+    assert pi5.memory_bandwidth_gbs
+    fp32 = _candidate("raspberry-pi-5", "onnx-fp32")
+    int4 = _candidate("raspberry-pi-5", "onnx-int4-weight")
+    assert "tokens/s" in int4.reason and "GB/s" in int4.reason
+    # Memory-bound: a model a fifth the size decodes several times faster.
+    assert int4.estimated_speedup > 3 * fp32.estimated_speedup
+    fast = estimate_decode_tokens_per_s(SMOLLM2_SHAPE, int4.recipe, pi5)
+    assert fast is not None
+    twice = pi5.model_copy(update={"memory_bandwidth_gbs": 2 * pi5.memory_bandwidth_gbs})
+    assert estimate_decode_tokens_per_s(SMOLLM2_SHAPE, int4.recipe, twice) == pytest.approx(
+        2 * fast
+    )
+    # A longer context reads more KV cache per token.
+    long = estimate_decode_tokens_per_s(SMOLLM2_SHAPE, int4.recipe, pi5, 2048)
+    assert long is not None and long < fast
+    # Encoders and profiles without a bandwidth get no decode estimate.
+    assert estimate_decode_tokens_per_s(MINILM_INFO, int4.recipe, pi5) is None
+    unknown = pi5.model_copy(update={"memory_bandwidth_gbs": None})
+    assert estimate_decode_tokens_per_s(SMOLLM2_SHAPE, int4.recipe, unknown) is None
+
+
+def test_every_profile_states_its_memory_bandwidth() -> None:
+    for profile in CATALOG.profiles.values():
+        assert profile.memory_bandwidth_gbs, profile.id
+        assert "memory bandwidth" in (profile.source or ""), profile.id

@@ -138,6 +138,26 @@ def test_exit_code_two_from_the_command_line(tmp_path: Path, cli: Cli) -> None:
     assert "memory_mb" in result.stderr
 
 
+def test_a_binary_file_is_one_problem_and_the_folder_is_still_checked(
+    tmp_path: Path, cli: Cli
+) -> None:
+    (tmp_path / "a-photo.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    (tmp_path / "b-empty.yml").write_bytes(b"")
+    _write(tmp_path / "c-board.yaml", {**VALID, "id": "c-board"})
+    _write(tmp_path / "d-board.yaml", {**VALID, "id": "d-board", "cpu": {"arch": "riscv"}})
+    result = cli("profiles", "validate", str(tmp_path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert (
+        lines[0]
+        == f"{tmp_path / 'a-photo.yaml'}: not UTF-8 text (byte 0, line 1); is this the right file?"
+    )
+    assert lines[1].startswith(f"{tmp_path / 'b-empty.yml'}: expected a mapping")
+    assert all("d-board.yaml" in line for line in lines[2:-1]) and len(lines) > 3
+    assert not any("c-board.yaml" in line for line in lines)
+    assert lines[-1] == f"{len(lines) - 1} problems in 4 file(s)"
+
+
 def test_id_may_be_left_out_and_then_is_the_file_name(tmp_path: Path) -> None:
     data = {key: value for key, value in VALID.items() if key != "id"}
     path = _write(tmp_path / "my-board.yaml", data)

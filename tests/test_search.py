@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeport.catalog import load_catalog
-from edgeport.pipeline import choose, prune_reason
 from edgeport.schemas import Attempt, Candidate, Measurement, MetricResult, ValidationReport
 from edgeport.search import float_node_variants, with_float_nodes
+from edgeport.selection import choose, prune_reason
 from edgeport.tradeoff_plot import render_tradeoff_svg
 
 CATALOG = load_catalog()

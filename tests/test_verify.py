@@ -10,7 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixtures import copy_bundle, read_manifest, tiny_bundle_once, write_manifest
+from bundle_fixtures import (
+    copy_bundle,
+    read_manifest,
+    reseal,
+    tiny_bundle_once,
+    write_manifest,
+)
 from conftest import run_cli
 
 from edgeport.bundle import sha256_file
@@ -160,7 +166,7 @@ def test_outputs_outside_tolerance_fail(tampered: Path) -> None:
         if entry["path"] == "golden.npz":
             entry["sha256"] = sha256_file(tampered / "golden.npz")
             entry["bytes"] = (tampered / "golden.npz").stat().st_size
-    write_manifest(tampered, manifest)
+    write_manifest(tampered, reseal(manifest))
     result = run_verify_py(tampered, "--json", "--runs", "0")
     assert result.returncode == 3
     payload = json.loads(result.stdout)
@@ -171,7 +177,7 @@ def test_outputs_outside_tolerance_fail(tampered: Path) -> None:
 def test_malformed_bundles_exit_2(tampered: Path, tmp_path: Path) -> None:
     manifest = read_manifest(tampered)
     manifest["runtime"]["target"] = "tflite"
-    write_manifest(tampered, manifest)
+    write_manifest(tampered, reseal(manifest))
     result = run_verify_py(tampered)
     assert result.returncode == 2 and "tflite" in result.stdout
 

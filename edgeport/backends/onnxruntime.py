@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeport.backends import Artifact, ExportedModel, Feeds
 from edgeport.backends.onnxruntime_decoder import (
+    FUSION_TOLERANCE,
     OnnxDecoderSession,
+    fuse_attention,
+    fused_attention_error,
     graph_input_names,
     has_kv_cache,
     quantize_weight_only,
@@ -85,11 +88,14 @@ class _CalibrationReader:
         self._iterator = iter(self._feeds)
 
 
-def _outputs(path: Path, feeds: Feeds) -> list[np.ndarray]:
+def _compile(path: Path) -> Callable[[Feeds], list[np.ndarray]]:
+    """A session with the runtime's own settings, reused for every check input."""
     import numpy as np
 
-    session = OnnxSession(path, threads=1)
-    return [np.asarray(v) for v in session.run(feeds).values()]
+    from edgeport.host import available_cores
+
+    session = OnnxSession(path, threads=available_cores())
+    return lambda feeds: [np.asarray(v) for v in session.run(feeds).values()]
 
 
 def _model_files(directory: Path) -> tuple[str, ...]:
@@ -160,7 +166,10 @@ class OnnxRuntimeBackend:
         notes: list[str] = []
         source = exported.directory / exported.model_file
 
-        if recipe.graph.transformer_fusion:
+        if recipe.graph.transformer_fusion and model.family == "decoder":
+            source, fusion_note = self._fuse_decoder(source, workdir / "fused.onnx", calibration)
+            notes.append(fusion_note)
+        elif recipe.graph.transformer_fusion:
             fused = workdir / "fused.onnx"
             if self._fuse(source, fused, model):
                 source = fused
@@ -172,7 +181,7 @@ class OnnxRuntimeBackend:
                 notes.append(f"padding kept: removed on CPU only, not on {candidate.device}")
             else:
                 source, padding_note = self._remove_padding(
-                    source, workdir / "unpadded.onnx", calibration
+                    source, workdir / "unpadded.onnx", calibration, model.max_length
                 )
                 notes.append(padding_note)
 
@@ -213,6 +222,30 @@ class OnnxRuntimeBackend:
     # ------------------------------------------------- decoder (language model) steps
 
     @staticmethod
+    def _fuse_decoder(source: Path, target: Path, calibration: Sequence[Feeds]) -> tuple[Path, str]:
+        """Attention as GroupQueryAttention, kept only when it matches the unfused graph."""
+        import json
+
+        import onnx
+
+        config_path = source.parent / "config.json"
+        if not config_path.is_file():
+            return source, "attention not fused: no config.json beside the export"
+        model = onnx.load(str(source))
+        note = fuse_attention(model, json.loads(config_path.read_text(encoding="utf-8")))
+        if not note.startswith("attention:"):
+            return source, note
+        _save(model, target)
+        del model
+        error = fused_attention_error(source, target, list(calibration)[:2])
+        if error > FUSION_TOLERANCE:
+            return source, (
+                f"attention not fused: GroupQueryAttention differs from the original graph "
+                f"by {error:.1e} of the logits' range (tolerance {FUSION_TOLERANCE:.0e})"
+            )
+        return target, f"{note}; checked against the unfused graph: {error:.1e} relative"
+
+    @staticmethod
     def _quantize_weight_only(source: Path, target: Path, quantization: Quantization) -> list[str]:
         """MatMulNBits int4/int8 weights for KV-cache decoders (onnxruntime_decoder.py)."""
         model, notes = quantize_weight_only(source, quantization)
@@ -229,7 +262,7 @@ class OnnxRuntimeBackend:
 
     @staticmethod
     def _remove_padding(
-        source: Path, target: Path, calibration: Sequence[Feeds]
+        source: Path, target: Path, calibration: Sequence[Feeds], max_length: int
     ) -> tuple[Path, str]:
         def rewrite(path: Path) -> Path:
             import onnx
@@ -237,7 +270,7 @@ class OnnxRuntimeBackend:
             _save(remove_padding(onnx.load(str(path))), target)
             return target
 
-        return remove_padding_checked(source, rewrite, _outputs, calibration)
+        return remove_padding_checked(source, rewrite, _compile, calibration, max_length)
 
     @staticmethod
     def _fuse(source: Path, target: Path, model: ModelInfo) -> bool:

@@ -7,8 +7,12 @@ export: one graph that takes an empty past for the prompt and a filled one per t
 Weight-only quantisation follows docs/research/tiny-llama-int4.md: transformer MatMuls to
 int4 MatMulNBits (round-to-nearest, blocks along the reduction axis), the recipe's
 sensitive layers (`keep_int8_patterns`) and the output projection to 8-bit MatMulNBits,
-and the token embedding table to int8 with one fp32 scale per row (plain
-Gather/Cast/Mul, since ORT's GatherBlockQuantized is 4-bit only).
+and an untied token embedding table to int8 with one fp32 scale per row (plain
+Gather/Cast/Mul). A head tied to the embeddings (one matrix, as in SmolLM2 and Qwen2) is
+quantised once: the head's MatMulNBits blocks are also the embedding table, read by
+GatherBlockQuantized (docs/research/onnxruntime-int4-decode.md). Every MatMulNBits gets
+the recipe's resolved `accuracy_level` (4: int8 compute, the fast kernels on CPUs with
+integer dot products; without it 8-bit MatMulNBits falls back to a slow path).
 """
 
 from __future__ import annotations
@@ -99,18 +103,43 @@ class OnnxDecoderSession:
         return {"logits": logits}
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        """Greedy decoding with the cache kept in ONNX Runtime's own buffers (IO binding).
+
+        Each step's `present.*` OrtValues are bound as the next step's `past_key_values.*`
+        as they are: the cache never passes through numpy. Only the last row of logits is
+        read back. The bundle's run.py decodes the same way.
+        """
+        import onnxruntime as ort
+
+        binding = self._session.io_binding()
+        past: dict[str, Any] = {
+            name: ort.OrtValue.ortvalue_from_numpy(value)
+            for name, value in self.empty_past(1).items()
+        }
+        presents = {name: name.replace(PAST_PREFIX, PRESENT_PREFIX, 1) for name in past}
         ids = np.array([list(prompt_ids)], dtype=np.int64)
-        mask = np.ones_like(ids)
-        past = self.empty_past(1)
         length = 0
         generated: list[int] = []
         for _ in range(max_new_tokens):
-            logits, past = self.step(ids, mask, past, length)
-            length = mask.shape[1]
-            token = int(logits[0, -1].argmax())
+            total = length + ids.shape[1]
+            feeds = {"input_ids": ids}
+            if "attention_mask" in self.input_names:
+                feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
+            if "position_ids" in self.input_names:
+                feeds["position_ids"] = np.arange(length, total, dtype=np.int64)[None]
+            for name, array in feeds.items():
+                binding.bind_cpu_input(name, array)
+            for name, value in past.items():
+                binding.bind_ortvalue_input(name, value)
+            for name in self._outputs:
+                binding.bind_output(name, "cpu")
+            self._session.run_with_iobinding(binding)
+            results = dict(zip(self._outputs, binding.get_outputs(), strict=True))
+            past = {name: results[present] for name, present in presents.items()}
+            length = total
+            token = int(results["logits"].numpy()[0, -1].argmax())
             generated.append(token)
             ids = np.array([[token]], dtype=np.int64)
-            mask = np.ones((1, length + 1), dtype=np.int64)
         return generated
 
 
@@ -140,7 +169,14 @@ def _lm_head(model: Any, matmuls: Sequence[tuple[str, int]]) -> str | None:
     return next((name for name, _ in matmuls if "lm_head" in name), None)
 
 
-def _matmul_nbits(model: Any, nodes: Sequence[str], bits: int, block: int, symmetric: bool) -> Any:
+def _matmul_nbits(
+    model: Any,
+    nodes: Sequence[str],
+    bits: int,
+    block: int,
+    symmetric: bool,
+    accuracy_level: int | None = None,
+) -> Any:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -155,13 +191,380 @@ def _matmul_nbits(model: Any, nodes: Sequence[str], bits: int, block: int, symme
         bits=bits,
         block_size=block,
         is_symmetric=symmetric,
+        accuracy_level=accuracy_level,
         nodes_to_exclude=[name for name in everything if name not in wanted],
         algo_config=DefaultWeightOnlyQuantConfig(
-            block_size=block, is_symmetric=symmetric, bits=bits
+            block_size=block, is_symmetric=symmetric, bits=bits, accuracy_level=accuracy_level
         ),
     )
     quantizer.process()
     return quantizer.model.model
+
+
+class TiedHead:
+    """An output projection that shares its matrix with the token embedding Gather."""
+
+    def __init__(self, head: str, gather: str, table: str, hidden: int) -> None:
+        self.head, self.gather, self.table, self.hidden = head, gather, table, hidden
+
+
+def _consumers(graph: Any, name: str) -> list[Any]:
+    return [node for node in graph.node if name in node.input]
+
+
+def _untie_head(model: Any) -> TiedHead | None:
+    """Find a head tied to the embedding table and give it its own [hidden, vocab] weight.
+
+    optimum writes a tied head as MatMul(hidden, Transpose(embed_tokens.weight)); other
+    exporters write a transposed copy of the table. Either way the head becomes a plain
+    weight MatMul the quantiser can take; `_share_embedding` then points the Gather at the
+    head's quantised blocks, so the file still holds the matrix once.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    producers = {out: node for node in graph.node for out in node.output}
+    tables = {
+        node.input[0]: node
+        for node in graph.node
+        if node.op_type == "Gather"
+        and node.input[0] in initializers
+        and next((a.i for a in node.attribute if a.name == "axis"), 0) == 0
+        and len(initializers[node.input[0]].dims) == 2
+        and initializers[node.input[0]].data_type == TensorProto.FLOAT
+    }
+    for node in graph.node:
+        if node.op_type != "MatMul" or not any(out in outputs for out in node.output):
+            continue
+        weight = node.input[1]
+        source = producers.get(weight)
+        table: str | None = None
+        if source is not None and source.op_type == "Transpose" and source.input[0] in tables:
+            perm = next((list(a.ints) for a in source.attribute if a.name == "perm"), [1, 0])
+            table = source.input[0] if perm == [1, 0] else None
+        elif weight in initializers:
+            copy = initializers[weight]
+            for name in tables:
+                dims = list(initializers[name].dims)
+                if list(copy.dims) == dims[::-1] and np.array_equal(
+                    numpy_helper.to_array(copy), numpy_helper.to_array(initializers[name]).T
+                ):
+                    table = name
+                    break
+        if table is None:
+            continue
+        matrix = numpy_helper.to_array(initializers[table])
+        untied = f"{table}.lm_head"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(matrix.T), untied))
+        node.input[1] = untied
+        if source is not None and source.op_type == "Transpose" and not _consumers(graph, weight):
+            graph.node.remove(source)
+        elif weight in initializers and not _consumers(graph, weight):
+            graph.initializer.remove(initializers[weight])
+        return TiedHead(node.name, tables[table].name, table, int(matrix.shape[1]))
+    return None
+
+
+def _share_embedding(model: Any, tied: TiedHead) -> str | None:
+    """Replace the embedding Gather by GatherBlockQuantized over the head's MatMulNBits blocks.
+
+    MatMulNBits stores the head as B[vocab, k_blocks, blob] with scales[vocab, k_blocks]:
+    row v of B is embedding row v, blocked along the hidden axis exactly as
+    GatherBlockQuantized (quantize_axis 2) reads it. The scales get an Unsqueeze to
+    [vocab, k_blocks, 1] (GatherBlockQuantized wants the data's rank), folded by ONNX
+    Runtime at load. Returns why it could not, or None when shared.
+    """
+    from onnx import AttributeProto, helper, numpy_helper
+
+    graph = model.graph
+    head = next(
+        (n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith(tied.head)),
+        None,
+    )
+    gather = next((n for n in graph.node if n.name == tied.gather), None)
+    if head is None or gather is None:
+        return "lm_head was not quantised"
+    attrs = {a.name: a.i for a in head.attribute if a.type == AttributeProto.INT}
+    bits, block, k = attrs.get("bits", 4), attrs.get("block_size", 0), attrs.get("K", 0)
+    if len(head.input) > 3 and head.input[3]:
+        return "asymmetric head blocks (zero points) are not shared"
+    if k != tied.hidden or block <= 0 or k % block:
+        return f"block {block} does not divide hidden size {tied.hidden}"
+    opset = next((o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}), 13)
+    base = tied.table
+    ids, out = gather.input[1], gather.output[0]
+    scales = f"{base}.scales3"
+    if opset >= 13:
+        graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), f"{base}.axis2"))
+        unsqueeze = helper.make_node(
+            "Unsqueeze", [head.input[2], f"{base}.axis2"], [scales], name=f"{gather.name}/scales"
+        )
+    else:
+        unsqueeze = helper.make_node(
+            "Unsqueeze", [head.input[2]], [scales], axes=[2], name=f"{gather.name}/scales"
+        )
+    rank = next((len(i.type.tensor_type.shape.dim) for i in graph.input if i.name == ids), None)
+    new_nodes = [
+        unsqueeze,
+        helper.make_node(
+            "GatherBlockQuantized",
+            [head.input[1], ids, scales],
+            [f"{base}.blocks"],
+            domain="com.microsoft",
+            bits=bits,
+            block_size=block,
+            quantize_axis=2,
+            gather_axis=0,
+            name=f"{gather.name}/quantized",
+        ),
+    ]
+    if rank == 2:  # input_ids [batch, sequence]: copy both, merge the blocks
+        graph.initializer.append(
+            numpy_helper.from_array(np.array([0, 0, k], np.int64), f"{base}.shape")
+        )
+        shape = f"{base}.shape"
+    else:
+        graph.initializer.append(numpy_helper.from_array(np.array([k], np.int64), f"{base}.k"))
+        new_nodes += [
+            helper.make_node("Shape", [ids], [f"{base}.ids_shape"], name=f"{gather.name}/shape"),
+            helper.make_node(
+                "Concat",
+                [f"{base}.ids_shape", f"{base}.k"],
+                [f"{base}.shape"],
+                axis=0,
+                name=f"{gather.name}/concat",
+            ),
+        ]
+        shape = f"{base}.shape"
+    new_nodes.append(
+        helper.make_node("Reshape", [f"{base}.blocks", shape], [out], name=f"{gather.name}/merge")
+    )
+    index = list(graph.node).index(gather)
+    graph.node.remove(gather)
+    for offset, new in enumerate(new_nodes):
+        graph.node.insert(index + offset, new)
+    if not _consumers(graph, base):
+        table = next(i for i in graph.initializer if i.name == base)
+        graph.initializer.remove(table)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return None
+
+
+# --------------------------------------------------------------------------- attention
+
+# Architectures whose attention is HF's standard rotary GQA: rotate_half RoPE on q and k,
+# repeat_kv, causal softmax(q k^T / sqrt(head_dim)) v, and past/present caches in BNSH.
+GQA_MODEL_TYPES = frozenset({"llama", "qwen2", "mistral"})
+
+
+def _rope_caches(config: Mapping[str, Any], head_dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """cos/sin [max_positions, head_dim / 2] exactly as transformers computes them, or None
+    for position-dependent scalings GroupQueryAttention's fixed caches cannot express."""
+    import torch
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = config.get("rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in {"default", "linear", "llama3", "yarn"} or config.get("partial_rotary_factor"):
+        return None
+    hf_config = AutoConfig.for_model(**dict(config))
+    if kind == "default":
+        base = float(config.get("rope_theta", 10000.0))
+        inv_freq = 1.0 / (
+            base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+        )
+        scaling = 1.0
+    else:
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](hf_config, torch.device("cpu"))
+    length = int(config.get("max_position_embeddings") or 2048)
+    angles = torch.outer(torch.arange(length, dtype=torch.int64).float(), inv_freq.float())
+    return (
+        (torch.cos(angles) * scaling).numpy().astype(np.float32),
+        (torch.sin(angles) * scaling).numpy().astype(np.float32),
+    )
+
+
+def _scope_output(graph: Any, scope: str) -> str | None:
+    """The one tensor a node-name scope (`.../q_proj/`) hands to nodes outside it."""
+    inside = [n for n in graph.node if n.name.startswith(scope)]
+    produced = {out for n in inside for out in n.output}
+    used_outside = {
+        name for n in graph.node if not n.name.startswith(scope) for name in n.input
+    } | {o.name for o in graph.output}
+    found = sorted(produced & used_outside)
+    return found[0] if len(found) == 1 else None
+
+
+def _prune(graph: Any) -> None:
+    """Drop nodes and initializers nothing reaches the graph outputs through."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(list(graph.node)):
+        if any(out in needed for out in node.output):
+            keep.append(node)
+            needed.update(name for name in node.input if name)
+    kept_ids = {id(n) for n in keep}
+    for node in [n for n in graph.node if id(n) not in kept_ids]:
+        graph.node.remove(node)
+    for init in [i for i in graph.initializer if i.name not in needed]:
+        graph.initializer.remove(init)
+
+
+def fuse_attention(model: Any, config: Mapping[str, Any]) -> str:
+    """Each layer's attention (RoPE, repeat_kv, masked softmax, past/present concat: about
+    70 small nodes in optimum's export) as one GroupQueryAttention node. Returns a note.
+
+    Decoding runs the graph once per token, and for a small model ONNX Runtime's cost per
+    node, not the weights, dominates: this is what brings int4 MatMulNBits' speed through.
+    The boundary tensors are found by HF's module names (q_proj, k_proj, v_proj, o_proj),
+    the inputs and outputs of the graph by optimum's names; the caller checks the fused
+    graph against the original before keeping it.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    model_type = str(config.get("model_type", ""))
+    if model_type not in GQA_MODEL_TYPES:
+        return f"attention not fused: {model_type or 'unknown'} is not a standard rotary GQA model"
+    if config.get("sliding_window") and config.get("use_sliding_window", model_type == "mistral"):
+        return "attention not fused: sliding-window attention"
+    inputs = {i.name for i in graph.input}
+    if "attention_mask" not in inputs:
+        return "attention not fused: the graph has no attention_mask"
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    caches = _rope_caches(config, head_dim)
+    if caches is None:
+        return "attention not fused: rotary scaling GroupQueryAttention cannot express"
+    layers = int(config["num_hidden_layers"])
+    plans = []
+    for layer in range(layers):
+        scope = f"/model/layers.{layer}/self_attn/"
+        q, k, v = (_scope_output(graph, f"{scope}{name}_proj/") for name in ("q", "k", "v"))
+        o_proj = next((n for n in graph.node if n.name.startswith(f"{scope}o_proj/")), None)
+        past_k, past_v = f"{PAST_PREFIX}{layer}.key", f"{PAST_PREFIX}{layer}.value"
+        present_k, present_v = f"{PRESENT_PREFIX}{layer}.key", f"{PRESENT_PREFIX}{layer}.value"
+        outputs = {o.name for o in graph.output}
+        if (
+            q is None
+            or k is None
+            or v is None
+            or o_proj is None
+            or not {past_k, past_v} <= inputs
+            or not {present_k, present_v} <= outputs
+        ):
+            return f"attention not fused: layer {layer} does not have the expected layout"
+        plans.append((layer, q, k, v, o_proj.input[0], past_k, past_v, present_k, present_v))
+
+    prefix = "/model/gqa"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(caches[0], f"{prefix}/cos_cache"),
+            numpy_helper.from_array(caches[1], f"{prefix}/sin_cache"),
+            numpy_helper.from_array(np.array([1], np.int64), f"{prefix}/axis1"),
+            numpy_helper.from_array(np.array(1, np.int64), f"{prefix}/one"),
+        ]
+    )
+    shared = [
+        helper.make_node(
+            "ReduceSum", ["attention_mask", f"{prefix}/axis1"], [f"{prefix}/lengths"],
+            keepdims=0, name=f"{prefix}/ReduceSum",
+        ),
+        helper.make_node(
+            "Sub", [f"{prefix}/lengths", f"{prefix}/one"], [f"{prefix}/last"], name=f"{prefix}/Sub"
+        ),
+        helper.make_node(
+            "Cast", [f"{prefix}/last"], [f"{prefix}/seqlens_k"], to=TensorProto.INT32,
+            name=f"{prefix}/Cast",
+        ),
+        helper.make_node("Shape", ["attention_mask"], [f"{prefix}/mask_shape"], start=1, end=2,
+                         name=f"{prefix}/Shape"),
+        helper.make_node(
+            "Squeeze", [f"{prefix}/mask_shape"], [f"{prefix}/total64"], name=f"{prefix}/Squeeze"
+        ),
+        helper.make_node(
+            "Cast", [f"{prefix}/total64"], [f"{prefix}/total"], to=TensorProto.INT32,
+            name=f"{prefix}/Cast_1",
+        ),
+    ]  # fmt: skip
+    position = "position_ids" if "position_ids" in inputs else ""
+    fused = []
+    for layer, q, k, v, attended, past_k, past_v, present_k, present_v in plans:
+        for node in list(graph.node):  # the old producers of the tensors GQA now writes
+            if set(node.output) & {attended, present_k, present_v}:
+                graph.node.remove(node)
+        fused.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [q, k, v, past_k, past_v, f"{prefix}/seqlens_k", f"{prefix}/total",
+                 f"{prefix}/cos_cache", f"{prefix}/sin_cache", position],
+                [attended, present_k, present_v],
+                domain="com.microsoft",
+                num_heads=heads,
+                kv_num_heads=kv_heads,
+                do_rotary=1,
+                rotary_interleaved=0,
+                name=f"/model/layers.{layer}/self_attn/GroupQueryAttention",
+            )
+        )  # fmt: skip
+    # Producers first: the shared nodes read only graph inputs, each GQA node reads its
+    # layer's projections; place each GQA right after the last of its inputs' producers.
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(shared)
+    pending = {id(n): n for n in fused}
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    available |= {out for n in shared for out in n.output}
+    for node in nodes:
+        graph.node.append(node)
+        available.update(node.output)
+        for gqa in list(pending.values()):
+            if all(not name or name in available for name in gqa.input):
+                graph.node.append(gqa)
+                available.update(gqa.output)
+                del pending[id(gqa)]
+    if pending:
+        raise UnsupportedError("attention fusion: a GroupQueryAttention input has no producer")
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _prune(graph)
+    return f"attention: {layers} layers fused into GroupQueryAttention (RoPE in the kernel)"
+
+
+FUSION_TOLERANCE = 1e-4  # max |fused - original| / max |original| over the logits
+
+
+def fused_attention_error(
+    original: Path, fused: Path, feeds: Sequence[Mapping[str, np.ndarray]], steps: int = 4
+) -> float:
+    """Largest relative logits difference between two decoder graphs: full windows with an
+    empty cache, then `steps` tokens decoded through the cache after the first window."""
+    options = None
+    first, second = OnnxDecoderSession(original, options), OnnxDecoderSession(fused, options)
+    worst = 0.0
+
+    def compare(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-12))
+
+    for batch in feeds:
+        worst = max(worst, compare(first.run(batch)["logits"], second.run(batch)["logits"]))
+    if feeds:
+        ids = np.asarray(feeds[0]["input_ids"], dtype=np.int64)[:, :8]
+        mask = np.ones_like(ids)
+        past_a, past_b, length = first.empty_past(1), second.empty_past(1), 0
+        for _ in range(steps):
+            logits_a, past_a = first.step(ids, mask, past_a, length)
+            logits_b, past_b = second.step(ids, mask, past_b, length)
+            worst = max(worst, compare(logits_a, logits_b))
+            length = mask.shape[1]
+            ids = np.array([[int(logits_a[0, -1].argmax())]], dtype=np.int64)
+            mask = np.ones((1, length + 1), dtype=np.int64)
+    return worst
 
 
 def _int8_embedding(model: Any) -> list[str]:
@@ -240,6 +643,7 @@ def quantize_weight_only(source: Path, quantization: Quantization) -> tuple[Any,
     import onnx
 
     model = onnx.load(str(source))
+    tied = _untie_head(model) if quantization.lm_head_precision != "fp32" else None
     matmuls = _weight_matmuls(model)
     if not matmuls:
         raise UnsupportedError("no MatMul with constant weights to quantise")
@@ -248,41 +652,63 @@ def quantize_weight_only(source: Path, quantization: Quantization) -> tuple[Any,
     body = [(name, k) for name, k in matmuls if name != head]
     int4 = quantization.scheme == "int4-weight"
     symmetric = quantization.symmetric
+    level = quantization.accuracy_level
     if int4:
         low = [(n, k) for n, k in body if not matches_any(n, keep)]
         high = [(n, k) for n, k in body if matches_any(n, keep)]
     else:
         low, high = [], list(body)
-    if head is not None and quantization.lm_head_precision != "fp32":
-        head_k = dict(matmuls)[head]
-        (low if int4 and quantization.lm_head_precision == "int4" else high).append((head, head_k))
+    head_bits = 4 if int4 and quantization.lm_head_precision == "int4" else 8
+    if head is not None and quantization.lm_head_precision != "fp32" and tied is None:
+        (low if head_bits == 4 else high).append((head, dict(matmuls)[head]))
 
     notes = []
+    compute = f", accuracy_level {level}" if level else ""
     if low:
         block, per_layer = choose_group_size(
             quantization.group_size or DEFAULT_INT4_BLOCK, [k for _, k in low]
         )
-        model = _matmul_nbits(model, [n for n, _ in low], 4, block, symmetric)
+        model = _matmul_nbits(model, [n for n, _ in low], 4, block, symmetric, level)
         kind = "sym" if symmetric else "asym"
         pad = "; MatMulNBits pads the layers it does not divide" if per_layer else ""
-        notes.append(f"{len(low)} MatMul weights int4 ({kind}, RTN, block {block}){pad}")
+        notes.append(f"{len(low)} MatMul weights int4 ({kind}, RTN, block {block}{compute}){pad}")
     if high:
         block8, _ = choose_group_size(
             quantization.int8_group_size or DEFAULT_INT8_BLOCK, [k for _, k in high]
         )
-        model = _matmul_nbits(model, [n for n, _ in high], 8, block8, True)
+        model = _matmul_nbits(model, [n for n, _ in high], 8, block8, True, level)
         kept = [n for n, _ in high if n != head]
         why = (
             f" (kept at 8 bits by {', '.join(quantization.keep_int8_patterns)})"
             if int4 and kept
             else ""
         )
-        notes.append(f"{len(kept)} MatMul weights 8-bit MatMulNBits, block {block8}{why}")
-    if head is None:
+        notes.append(f"{len(kept)} MatMul weights 8-bit MatMulNBits, block {block8}{compute}{why}")
+    shared: str | None = "no tied head"
+    if tied is not None:
+        requested = quantization.group_size if head_bits == 4 else quantization.int8_group_size
+        default = DEFAULT_INT4_BLOCK if head_bits == 4 else DEFAULT_INT8_BLOCK
+        head_block, _ = choose_group_size(requested or default, [tied.hidden])
+        # Symmetric: the default zero point is the same for both operators, so the blocks
+        # need no zero-point tensor that the two would pack differently.
+        model = _matmul_nbits(model, [tied.head], head_bits, head_block, True, level)
+        shared = _share_embedding(model, tied)
+        sharing = (
+            "shared with the embedding lookup (GatherBlockQuantized, one copy)"
+            if shared is None
+            else f"not shared with the embeddings: {shared}"
+        )
+        notes.append(
+            f"lm_head: {quantization.lm_head_precision}, tied to {tied.table}: "
+            f"{head_bits}-bit MatMulNBits block {head_block}{compute}, {sharing} ({tied.head})"
+        )
+    elif head is None:
         notes.append("lm_head: no separate projection weight found (tied or fused); left as is")
     else:
         notes.append(f"lm_head: {quantization.lm_head_precision} ({head})")
-    if quantization.embedding_precision == "int8":
+    if tied is not None and shared is None:
+        notes.append(f"embeddings: the lm_head's {quantization.lm_head_precision} blocks")
+    elif quantization.embedding_precision == "int8":
         tables = _int8_embedding(model)
         notes.append(
             f"embeddings: int8 with one scale per row ({', '.join(tables)})"

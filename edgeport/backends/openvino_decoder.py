@@ -73,15 +73,18 @@ class OpenVinoDecoderSession:
         return {"logits": self._infer(ids, mask, 0)}
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        """Greedy decoding: the KV cache stays in the request's state, and only the last row
+        of logits is read, in place (no per-step copy of inputs or outputs)."""
         self._request.reset_state()
         ids = np.array([list(prompt_ids)], dtype=np.int64)
         mask = np.ones_like(ids)
         past = 0
         generated: list[int] = []
         for _ in range(max_new_tokens):
-            logits = self._infer(ids, mask, past)
+            feeds = decoder_feeds(self.input_names, ids, mask, past)
+            self._request.infer(feeds, share_inputs=True, share_outputs=True)
             past = mask.shape[1]
-            token = int(logits[0, -1].argmax())
+            token = int(self._request.get_tensor("logits").data[0, -1].argmax())
             generated.append(token)
             ids = np.array([[token]], dtype=np.int64)
             mask = np.ones((1, past + 1), dtype=np.int64)

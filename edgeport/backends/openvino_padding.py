@@ -10,9 +10,19 @@ packed again. The model keeps its inputs and outputs; only positions the mask ma
 padding change, to zero.
 
 This is the CPU counterpart of the "remove padding" kernels of FasterTransformer and ONNX
-Runtime's packed attention, done with stock OpenVINO ops (NonZero, Gather), so the bundle
-still needs nothing but the runtime. The rewrite is checked by the caller: the result
-must equal the original at every real token, or the padded model is kept.
+Runtime's packed attention, done with stock OpenVINO ops (NonZero, Gather, ScatterUpdate),
+so the bundle still needs nothing but the runtime. It also reads graphs NNCF has already
+quantised or compressed (FakeQuantize, SmoothQuant scales, int8 weights behind a
+decompression subgraph), so it can run on the very model that ships. The rewrite is
+checked by the caller: the result must equal the original at every real token, or the
+padded model is kept.
+
+The index arithmetic deliberately avoids integer element-wise ops (Select, Subtract,
+NotEqual on the mask): on CPUs without AVX-512 the CPU plugin's JIT Select tests an
+integer condition with a floating-point compare, and with CPU_DENORMALS_OPTIMIZATION
+(flush-to-zero, which edgeport and its runners enable) the integer 1 is a denormal that
+reads as 0, so every token was sent to the padding row and every output became zero.
+See docs/research/padding-removal-isa.md.
 """
 
 from __future__ import annotations
@@ -30,15 +40,26 @@ _TOKENWISE_OPS = {
     "MatMul", "MVN", "Add", "Multiply", "Subtract", "Divide", "Maximum", "Minimum", "Power",
     "SquaredDifference", "Gelu", "Erf", "Tanh", "Relu", "Sigmoid", "Swish", "HSwish",
     "HSigmoid", "Mish", "SoftPlus", "Elu", "Clamp", "Convert", "Sqrt", "Exp", "Abs",
-    "Negative",
+    "Negative", "FakeQuantize",
 }  # fmt: skip
 
 
-def _is_constant(value: Any) -> bool:
+# How deep a subgraph of constants may be and still count as a weight: int8 weights are
+# Constant -> Convert -> (Subtract zero point) -> Multiply scale -> (Convert, Reshape).
+_CONSTANT_DEPTH = 6
+
+
+def _is_constant(value: Any, depth: int = _CONSTANT_DEPTH) -> bool:
+    """Whether `value` is computed from constants alone (a weight, maybe stored as fp16 or
+    int8 with its decompression ops). Deeper subgraphs count as not constant: that only
+    keeps the padding around the op that reads them."""
     node = value.get_node()
-    while node.get_type_name() == "Convert":  # fp16-stored weights
-        node = node.input_value(0).get_node()
-    return bool(node.get_type_name() == "Constant")
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return True
+    if kind in {"Parameter", "ReadValue"} or depth == 0 or node.get_input_size() == 0:
+        return False
+    return all(_is_constant(v, depth - 1) for v in node.input_values())
 
 
 def _constant_value(value: Any) -> Any:
@@ -55,19 +76,24 @@ def _per_token(op: Any, packed: set[tuple[str, int]]) -> bool:
     if kind not in _TOKENWISE_OPS or not any(_key(v) in packed for v in inputs):
         return False
     if kind == "MatMul":  # a projection: packed activations times a constant weight
-        return _key(inputs[0]) in packed and _is_constant(inputs[1])
+        transposed = bool(op.get_attributes().get("transpose_a", False))
+        return _key(inputs[0]) in packed and not transposed and _is_constant(inputs[1])
     if kind == "MVN":  # normalises over the hidden axis only
         axes = _constant_value(inputs[1])
         return axes is not None and {int(a) for a in axes.reshape(-1)} <= {-1, 2}
-    for value in inputs:
-        if _key(value) in packed:
-            continue
-        constant = _constant_value(value)
-        # Biases and scales broadcast along the hidden axis; anything shaped by the
-        # sequence or the batch would no longer line up with the packed tokens.
-        if constant is None or any(d != 1 for d in constant.shape[:-1]):
-            return False
-    return True
+    return all(_key(value) in packed or _along_hidden(value) for value in inputs)
+
+
+def _along_hidden(value: Any) -> bool:
+    """A constant that broadcasts along the hidden axis only (a bias, a LayerNorm or
+    SmoothQuant scale, a FakeQuantize range): anything shaped by the sequence or the batch
+    would no longer line up with the packed tokens."""
+    shape = value.get_partial_shape()
+    return (
+        _is_constant(value)
+        and shape.is_static
+        and all(int(d.get_length()) == 1 for d in list(shape)[:-1])
+    )
 
 
 def _key(value: Any) -> tuple[str, int]:
@@ -84,16 +110,17 @@ class _Packing:
         self._ops = ops
         self._np = np
         flat = ops.reshape(mask, self._ints(-1), special_zero=False)
-        valid = ops.not_equal(flat, ops.constant(np.array(0, mask.get_element_type().to_dtype())))
         # Rows of the flattened [B*S] batch that hold real tokens.
         self.rows = ops.squeeze(ops.non_zero(flat, "i64"), self._ints(0))
         # For every padded position, the packed row it reads; padding reads row N (zeros).
-        position = ops.subtract(
-            ops.cumsum(ops.convert(valid, "i64"), ops.constant(np.array(0, np.int64))),
-            ops.constant(np.array(1, np.int64)),
-        )
+        # Scattered, not computed with Select/Subtract: integer element-wise kernels differ
+        # by ISA, and the AVX2 Select reads its condition wrongly under flush-to-zero.
         count = ops.squeeze(ops.shape_of(self.rows, "i64"), self._ints(0))
-        self.sources = ops.select(valid, position, ops.broadcast(count, ops.shape_of(flat, "i64")))
+        padding_row = ops.broadcast(count, ops.shape_of(flat, "i64"))
+        packed_row = ops.range(
+            ops.constant(np.array(0, np.int64)), count, ops.constant(np.array(1, np.int64)), "i64"
+        )
+        self.sources = ops.scatter_update(padding_row, self.rows, packed_row, self._ints(0))
         self.mask_shape = ops.shape_of(mask, "i64")
         self.created: set[str] = set()  # friendly names of every node built here
         self.packed_outputs: set[tuple[str, int]] = set()
@@ -154,14 +181,37 @@ def _through_layout(value: Any, upward: bool) -> Any:
         value = targets[0].get_node().output(0)
 
 
+def _scaled_input(node: Any) -> Any | None:
+    """The one non-constant input of a bias Add, a scale Multiply or a FakeQuantize with
+    constant ranges (what sits between hidden states and a projection once NNCF has
+    quantised the model), else None."""
+    kind = node.get_type_name()
+    inputs = list(node.input_values())
+    if kind == "FakeQuantize":
+        return inputs[0] if all(_along_hidden(v) for v in inputs[1:]) else None
+    if kind not in {"Add", "Multiply"}:
+        return None
+    variable = [v for v in inputs if not _along_hidden(v)]
+    return variable[0] if len(variable) == 1 else None
+
+
 def _projection_input(value: Any) -> Any:
-    """The hidden states a query/key/value projection reads (through its bias Add)."""
+    """The hidden states a query/key/value projection reads: up through its bias Add and
+    output quantiser to the MatMul, then up through the input quantiser and SmoothQuant
+    scale to the value the residual branch reads too."""
     node = value.get_node()
     while node.get_type_name() != "MatMul":
-        if node.get_type_name() != "Add":
+        source = _scaled_input(node)
+        if source is None:
             raise PaddingKept(f"{node.get_type_name()} between the hidden states and attention")
-        node = next(v.get_node() for v in node.input_values() if not _is_constant(v))
-    return node.input_value(0)
+        node = source.get_node()
+    hidden = node.input_value(0)
+    while hidden.get_node().get_type_name() in {"Multiply", "FakeQuantize"}:
+        source = _scaled_input(hidden.get_node())
+        if source is None:
+            break
+        hidden = source
+    return hidden
 
 
 def remove_padding(model: Any) -> Any:

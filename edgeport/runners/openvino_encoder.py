@@ -13,23 +13,51 @@ manifest.json beside this file.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import openvino as ov
 
 HERE = Path(__file__).resolve().parent
+VERIFIER = "verify.py"
 TOKENIZER_IR = "openvino_tokenizer.xml"
 Tokenize = Callable[[list[str]], dict[str, np.ndarray]]
 
 
 def load_manifest() -> dict[str, Any]:
-    manifest: dict[str, Any] = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+    """manifest.json beside this file, read through the bundle's own verify.py.
+
+    verify.py refuses, before any model loads, a manifest whose paths leave the bundle
+    (`..`, absolute, through a link). It is loaded by its path: no other module named
+    `verify` on sys.path can stand in for it.
+    """
+    checker = HERE / VERIFIER
+    spec = importlib.util.spec_from_file_location("_bundle_verify", checker)
+    if spec is None or spec.loader is None or not checker.is_file():
+        refuse(f"no {VERIFIER} beside run.py to check manifest.json; copy the whole bundle")
+    module = importlib.util.module_from_spec(spec)
+    written, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ here
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a damaged verify.py: stop rather than run unchecked
+        refuse(f"{VERIFIER} cannot be loaded: {type(exc).__name__}: {exc}")
+    finally:
+        sys.dont_write_bytecode = written
+    try:
+        manifest: dict[str, Any] = module.load_manifest(HERE)
+    except module.BundleError as exc:
+        refuse(str(exc), exc.exit_code)
     return manifest
+
+
+def refuse(message: str, exit_code: int = 2) -> NoReturn:
+    print(f"run.py: {message}", file=sys.stderr)
+    raise SystemExit(exit_code)
 
 
 def make_tokenizer(spec: dict[str, Any]) -> Tokenize:

@@ -7,8 +7,15 @@
 Needs only the runtime (onnxruntime or openvino) and numpy: golden.npz holds token ids, so no
 tokenizer library, and the reference outputs of the original PyTorch model, so no torch.
 
-1. Every file's sha256 is compared with manifest.json; changed, missing and extra files
-   fail, each one named.
+1. manifest.json is checked against the digests recorded in it at conversion
+   (reproducibility.manifest_sha256 over its stable part, content_sha256 over that and
+   every stable file): an edited threshold, tolerance or runtime setting fails. These
+   digests catch edits, not forgery: to trust a bundle from elsewhere, compare its
+   content_sha256 with the one published by whoever converted it. Every path in the
+   manifest must stay inside the bundle (relative, no `..`, not through a link).
+   Then every file's sha256 is compared with manifest.json; changed, missing and extra
+   files fail, each one named (the device-runs/ folder that `edgeport verify --on`
+   writes beside the bundle's files is not part of the bundle and is not checked).
 2. The golden inputs run through the model; the task metric is compared with the
    reference outputs exactly as edgeport's validation does (pooled embedding cosine for
    feature extraction, top-1 agreement for classification, next-token agreement at every
@@ -26,12 +33,13 @@ Written by edgeport; `edgeport verify BUNDLE` runs this same code from the build
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -51,6 +59,27 @@ NEXT_TOKEN = "next_token"
 PAST_PREFIX = "past_key_values."
 # Files Python itself may leave beside a script that was imported; never part of a bundle.
 IGNORED_PARTS = frozenset({"__pycache__"})
+# Written beside the bundle's files after conversion (`edgeport verify --on` keeps its
+# device runs there): not listed in manifest.json, not hashed, not packed into archives.
+DEVICE_RUNS = "device-runs"
+# What a second conversion of the same model measures differently on the build host. The
+# one list both the converter (edgeport/reproducibility.py) and this verifier use; never
+# read from the manifest, or an edited manifest could declare its runtime volatile.
+VOLATILE_FILES = ("report.md", "tradeoff.svg")
+VOLATILE_FIELDS = (
+    "attempts[].duration_s",
+    "attempts[].measurement.latency_ms",
+    "attempts[].measurement.latency_p90_ms",
+    "attempts[].measurement.peak_memory_mb",
+    "attempts[].measurement.tokens_per_s",
+    "attempts[].measurement.time_to_first_token_ms",
+    "attempts[].latency_ratio",
+    "metrics.latency_ratio_vs_fp32",
+    "metrics.tokens_per_s",
+    "metrics.time_to_first_token_ms",
+)
+# content_sha256 hashes one "path sha256" line per stable file, then this line's digest.
+MANIFEST_LINE = f"{MANIFEST}#stable"
 
 Array = Any  # numpy arrays; kept loose so the file needs no typing stubs on the device
 Outputs = dict[str, Array]
@@ -76,7 +105,55 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def checked_path(bundle: Path, relative: object, field: str) -> Path:
+    """`bundle / relative` for a path read from manifest.json; refuses any way out of the bundle.
+
+    Relative POSIX paths only, written the one way edgeport writes them: no `..`, `.` or
+    empty parts, no absolute or drive prefix, no backslash; and the path must still be
+    inside the bundle once links are followed.
+    """
+    if not isinstance(relative, str) or not relative:
+        raise BundleError(f"{MANIFEST}: {field} must be a relative path inside the bundle")
+    parts = relative.split("/")
+    if "\\" in relative or "\0" in relative:
+        problem = "backslash or NUL in the path"
+    elif relative.startswith("/") or (len(parts[0]) >= 2 and parts[0][1] == ":"):
+        problem = "absolute path or drive prefix"
+    elif ".." in parts:
+        problem = "'..' leaves the bundle"
+    elif any(part in ("", ".") for part in parts) or PurePosixPath(relative).as_posix() != relative:
+        problem = "not a plain relative path"
+    else:
+        root = bundle.resolve()
+        resolved = (root / relative).resolve()
+        if root not in resolved.parents:
+            problem = "resolves outside the bundle (through a link)"
+        else:
+            return bundle / relative
+    raise BundleError(f"{MANIFEST}: {field} {relative!r} is refused: {problem}")
+
+
+def check_paths(bundle: Path, manifest: Mapping[str, Any]) -> None:
+    """Every path the manifest names (model, golden data, files) stays inside the bundle."""
+    runtime = manifest["runtime"]
+    if not isinstance(runtime, dict):
+        raise BundleError(f"{MANIFEST}: 'runtime' must be an object")
+    checked_path(bundle, runtime.get("model_file"), "runtime.model_file")
+    golden = manifest.get("golden")
+    if golden is not None:
+        if not isinstance(golden, dict):
+            raise BundleError(f"{MANIFEST}: 'golden' must be an object")
+        checked_path(bundle, golden.get("file", GOLDEN_FILE), "golden.file")
+    seen: set[str] = set()
+    for entry in manifest["files"]:
+        checked_path(bundle, entry["path"], "files[].path")
+        if entry["path"] in seen:
+            raise BundleError(f"{MANIFEST}: files lists {entry['path']!r} twice")
+        seen.add(entry["path"])
+
+
 def load_manifest(bundle: Path) -> dict[str, Any]:
+    """manifest.json, its shape and every path in it checked (run.py loads it through here)."""
     path = bundle / MANIFEST
     if not path.is_file():
         raise BundleError(f"{bundle}: no {MANIFEST}; not an edgeport bundle")
@@ -95,15 +172,104 @@ def load_manifest(bundle: Path) -> dict[str, Any]:
         for f in files
     ):
         raise BundleError(f"{path}: 'files' must list objects with 'path' and 'sha256'")
+    check_paths(bundle, manifest)
     return manifest
 
 
+# --------------------------------------------------------------------------- manifest digest
+
+
+def _drop_field(node: Any, path: list[str]) -> None:
+    """Remove `a.b[].c`-style `path` from `node` in place; absent parts are no error."""
+    if not path or not isinstance(node, dict):
+        return
+    head, rest = path[0], path[1:]
+    if head.endswith("[]"):
+        items = node.get(head[:-2])
+        for item in items if isinstance(items, list) else []:
+            _drop_field(item, rest)
+    elif rest:
+        _drop_field(node.get(head), rest)
+    else:
+        node.pop(head, None)
+
+
+def stable_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest less what a second conversion would change: the reproducibility
+    section (it holds the digests), timing fields and the entries of volatile files."""
+    stable = copy.deepcopy(dict(manifest))
+    stable.pop("reproducibility", None)
+    for field in VOLATILE_FIELDS:
+        _drop_field(stable, field.split("."))
+    if isinstance(stable.get("files"), list):
+        stable["files"] = [
+            f
+            for f in stable["files"]
+            if not (isinstance(f, dict) and f.get("path") in VOLATILE_FILES)
+        ]
+    return stable
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of the manifest's stable part (keys sorted, compact)."""
+    text = json.dumps(
+        stable_manifest(manifest), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    # surrogatepass: a hand-edited manifest may hold lone surrogates; hash, never crash.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def content_digest(
+    files: Iterable[Mapping[str, Any]],
+    manifest_sha256: str,
+    volatile: Iterable[str] = VOLATILE_FILES,
+) -> str:
+    """sha256 over one `path sha256` line per stable file, then the manifest digest's line."""
+    skipped = set(volatile)
+    lines = "".join(
+        f"{f['path']} {f['sha256']}\n"
+        for f in sorted(files, key=lambda f: str(f["path"]))
+        if f["path"] not in skipped
+    )
+    lines += f"{MANIFEST_LINE} {manifest_sha256}\n"
+    return hashlib.sha256(lines.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest against the digests recorded at conversion; one failure line at most."""
+    digest = manifest_digest(manifest)
+    content = content_digest(manifest["files"], digest)
+    note = manifest.get("reproducibility")
+    recorded = note.get("manifest_sha256") if isinstance(note, dict) else None
+    recorded_content = note.get("content_sha256") if isinstance(note, dict) else None
+    failures = []
+    if not isinstance(recorded, str) or not isinstance(recorded_content, str):
+        failures.append(
+            f"{MANIFEST} is unprotected: no reproducibility.manifest_sha256 (an older edgeport "
+            "wrote it); its settings cannot be checked, convert the model again"
+        )
+    elif recorded != digest:
+        failures.append(
+            f"{MANIFEST} was modified after conversion: its stable part hashes to {digest}, "
+            f"reproducibility.manifest_sha256 is {recorded}"
+        )
+    elif recorded_content != content:
+        failures.append(
+            f"{MANIFEST} was modified after conversion: its files and stable part give "
+            f"content_sha256 {content}, reproducibility.content_sha256 is {recorded_content}"
+        )
+    return {"manifest_sha256": digest, "content_sha256": content, "failures": failures}
+
+
 def bundle_files(bundle: Path) -> list[str]:
-    """Every entry in the folder except manifest.json, as posix paths (links included)."""
+    """Every entry in the folder except manifest.json and the top-level device-runs
+    folder, as posix paths (links included)."""
     found = []
     for path in sorted(bundle.rglob("*")):
         relative = path.relative_to(bundle)
         if IGNORED_PARTS & set(relative.parts) or relative.as_posix() == MANIFEST:
+            continue
+        if relative.parts[0] == DEVICE_RUNS:
             continue
         if path.is_symlink() or not path.is_dir():
             found.append(relative.as_posix())
@@ -289,7 +455,7 @@ def golden_keys(index: int, name: str, kind: str) -> str:
 def load_golden(
     bundle: Path, golden: Mapping[str, Any]
 ) -> list[tuple[dict[str, Array], dict[str, Array]]]:
-    path = bundle / str(golden.get("file", GOLDEN_FILE))
+    path = checked_path(bundle, golden.get("file", GOLDEN_FILE), "golden.file")
     try:
         count = len(golden["texts"])
         input_names = list(golden["input_names"])
@@ -461,6 +627,7 @@ def verify(bundle: Path, *, runs: int = DEFAULT_RUNS, threads: int | None = None
         "bundle": str(bundle),
         "passed": False,
         "exit_code": EXIT_MALFORMED,
+        "manifest": None,
         "files": None,
         "golden": None,
         "latency": None,
@@ -472,11 +639,17 @@ def verify(bundle: Path, *, runs: int = DEFAULT_RUNS, threads: int | None = None
         spec = manifest["runtime"]
         result["model"] = (manifest.get("model") or {}).get("id")
         result["verdict"] = manifest.get("verdict")
+        checked_manifest = check_manifest(manifest)
+        result["manifest"] = checked_manifest
+        result["failures"] += checked_manifest["failures"]
         files = check_files(bundle, manifest)
         result["files"] = files
         result["failures"] += files["failures"]
         golden = manifest.get("golden")
-        if files["failures"]:
+        if checked_manifest["failures"]:
+            # The thresholds and runtime settings themselves are in doubt.
+            result["golden"] = {"skipped": f"{MANIFEST} failed its digest check"}
+        elif files["failures"]:
             result["golden"] = {"skipped": "the bundle's files do not match manifest.json"}
         elif not golden:
             result["golden"] = {"skipped": "this bundle carries no golden data"}

@@ -1,0 +1,157 @@
+"""Choosing among evaluated candidates: pure policy, no I/O.
+
+Which candidate can still win (pruning), which one wins for the objective, and what
+ranks speed. Speed is ranked by latency measured on this host only when the host is like
+the device: a build host without the device's ISA features (no VNNI, say, when the device
+has it) or of another architecture times int8 and fp16 kernels the device will not run,
+so the recipes' estimates for the device rank instead, and host timings stay in the
+report, labelled as the host's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from edgeport.planner import Objective
+from edgeport.schemas import Attempt, Candidate, CpuSpec, DeviceProfile
+from edgeport.validate import primary_metric
+
+# A planning estimate must be this much worse than a measured, passing candidate before
+# it is skipped: estimates are rough, measurements are not.
+PRUNE_MARGIN = 1.5
+
+
+def attempt_key(recipe_id: str, variant: str) -> str:
+    return f"{recipe_id}|{variant}"
+
+
+@dataclass(frozen=True)
+class SpeedBasis:
+    """What ranks candidates for speed on the device.
+
+    `host_gap` is empty when host timings rank (the host has every ISA feature the profile
+    lists, on the same architecture); otherwise it says, in one line, why they cannot, and
+    `estimated_ratio` (recipe id -> estimated latency relative to fp32 on the device) ranks.
+    """
+
+    host_gap: str = ""
+    estimated_ratio: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def host_timings_rank(self) -> bool:
+        return not self.host_gap
+
+    def describe(self, profile_id: str) -> str:
+        if self.host_timings_rank:
+            return (
+                f"latency measured on this host ranks the candidates: it has every ISA "
+                f"feature {profile_id} lists"
+            )
+        return (
+            f"{self.host_gap}; candidates are ranked by the recipes' speed estimates for "
+            f"{profile_id}, and the latencies shown were measured on this host"
+        )
+
+
+def host_gap(profile: DeviceProfile, host: CpuSpec) -> str:
+    """Why this host's timings do not stand for the device's, or "" when they do."""
+    if profile.cpu.arch != host.arch:
+        return (
+            f"this host is {host.arch} and {profile.id} is {profile.cpu.arch}: "
+            "timings here say nothing about the device"
+        )
+    missing = sorted(profile.feature_set - frozenset(host.features))
+    if missing:
+        return (
+            f"this host has no {', '.join(missing)}: timings here understate what "
+            f"{profile.id} gains from {'it' if len(missing) == 1 else 'them'}"
+        )
+    return ""
+
+
+def speed_basis(
+    profile: DeviceProfile, host: CpuSpec, candidates: Sequence[Candidate]
+) -> SpeedBasis:
+    gap = host_gap(profile, host)
+    if not gap:
+        return SpeedBasis()
+    return SpeedBasis(
+        gap, {c.recipe.id: round(1.0 / c.estimated_speedup, 4) for c in candidates}
+    )
+
+
+def _speed(attempt: Attempt, basis: SpeedBasis) -> tuple[float, float]:
+    """Sort key for speed: (device estimate or host ratio, host ratio as tie-break)."""
+    if attempt.latency_ratio is not None:
+        measured = attempt.latency_ratio
+    else:
+        measured = attempt.measurement.latency_ms if attempt.measurement else float("inf")
+    if basis.host_timings_rank:
+        return (measured, measured)
+    return (basis.estimated_ratio.get(attempt.recipe_id, float("inf")), measured)
+
+
+def _size(attempt: Attempt) -> float:
+    return attempt.measurement.model_bytes if attempt.measurement else float("inf")
+
+
+def _accuracy(attempt: Attempt) -> float:
+    return primary_metric(attempt.validation) if attempt.validation else float("-inf")
+
+
+def prune_reason(
+    candidate: Candidate,
+    attempts: Sequence[Attempt],
+    objective: Objective,
+    basis: SpeedBasis | None = None,
+) -> str:
+    """Why evaluating `candidate` cannot change the winner, or "" to evaluate it."""
+    basis = basis or SpeedBasis()
+    passed = [a for a in attempts if a.status == "passed" and a.measurement]
+    if not passed or objective == "accuracy":
+        return ""
+    if objective == "latency":
+        estimate = 1.0 / candidate.estimated_speedup
+        if not basis.host_timings_rank:
+            best = min(_speed(a, basis)[0] for a in passed)
+            if estimate > best:
+                return (
+                    f"estimated at ~{estimate:.2f}x fp32 latency on the device, cannot beat "
+                    f"a passing candidate estimated at {best:.2f}x"
+                )
+            return ""
+        ratios = [a.latency_ratio for a in passed if a.latency_ratio is not None]
+        if ratios and estimate > min(ratios) * PRUNE_MARGIN:
+            return (
+                f"estimated at ~{estimate:.2f}x fp32 latency, cannot beat a passing candidate "
+                f"measured at {min(ratios):.2f}x"
+            )
+        return ""
+    sizes = [a.measurement.model_bytes / 2**20 for a in passed if a.measurement]
+    if candidate.estimated_size_mb > min(sizes) * PRUNE_MARGIN:
+        return (
+            f"estimated at ~{candidate.estimated_size_mb:.0f} MB, cannot beat a passing "
+            f"candidate of {min(sizes):.0f} MB"
+        )
+    return ""
+
+
+def choose(
+    attempts: Sequence[Attempt], objective: Objective, basis: SpeedBasis | None = None
+) -> Attempt | None:
+    """The winner among candidates that passed: by size, accuracy, or speed on the device."""
+    basis = basis or SpeedBasis()
+    passed = [a for a in attempts if a.status == "passed" and a.measurement and a.validation]
+    if not passed:
+        return None
+    if objective == "size":
+        return min(passed, key=lambda a: (_size(a), _speed(a, basis)))
+    if objective == "accuracy":
+        return max(passed, key=lambda a: (_accuracy(a), tuple(-x for x in _speed(a, basis))))
+    return min(passed, key=lambda a: _speed(a, basis))
+
+
+def best_failed(attempts: Sequence[Attempt]) -> Attempt | None:
+    measured = [a for a in attempts if a.status == "failed" and a.validation and a.measurement]
+    return max(measured, key=_accuracy) if measured else None
