@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from edgeport.errors import BadInputError, CatalogError
-from edgeport.schemas import DeviceProfile, Recipe, Target
+from edgeport.schemas import Calibration, DeviceProfile, Recipe, Target
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 HOST_PROFILE_ID = "host"
 ENV_PROFILES_DIR = "EDGEPORT_PROFILES_DIR"
 ENV_RECIPES_DIR = "EDGEPORT_RECIPES_DIR"
+ENV_CALIBRATIONS_DIR = "EDGEPORT_CALIBRATIONS_DIR"
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -199,12 +200,18 @@ def format_validation_error(path: Path, error: ValidationError) -> list[str]:
     """One line per problem: `file: field: reason`, user values cut to ECHO_LIMIT."""
     lines = []
     for item in error.errors():
-        location = ".".join(shorten(str(part), 40) for part in item["loc"]) or "(top level)"
+        parts = list(item["loc"])
+        bad_key = parts[-1:] == ["[key]"]  # a mapping's key, not its value, is wrong
+        if bad_key:
+            parts.pop()
+        location = ".".join(shorten(str(part), 40) for part in parts) or "(top level)"
         message = shorten(str(item["msg"]), 200)
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif item["type"] == "literal_error":
             message = f"{message}, got {echo(item.get('input'))}"
+        if bad_key:
+            message = f"unknown key: {message}"
         lines.append(f"{path}: {location}: {message}")
     return lines
 
@@ -265,6 +272,14 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def is_folder(path: Path) -> bool:
+    """Path.is_dir, False (not an OSError) for a name too long or otherwise impossible."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def is_file(path: Path) -> bool:
     """Path.is_file, False (not an OSError) for a name too long or otherwise impossible."""
     try:
@@ -279,6 +294,23 @@ class Catalog:
     recipes: dict[str, Recipe] = field(default_factory=dict)
     targets: dict[str, Target] = field(default_factory=dict)
     sources: dict[str, Path] = field(default_factory=dict)
+    # Folders searched for calibrations/<profile-id>.yaml, later ones first: read when a
+    # plan asks for its profile's, not at load time.
+    calibrations_dirs: list[Path] = field(default_factory=list)
+
+    def calibration_file(self, profile_id: str) -> Path | None:
+        """The calibration file for `profile_id` that wins (the last folder's), or None."""
+        for folder in reversed(self.calibrations_dirs):
+            for suffix in (".yaml", ".yml"):
+                path = folder / f"{profile_id}{suffix}"
+                if is_file(path):
+                    return path
+        return None
+
+    def calibration(self, profile_id: str) -> Calibration | None:
+        """The measured speedups for a profile, validated, or None when it has none."""
+        path = self.calibration_file(profile_id)
+        return None if path is None else load_calibration(path)
 
     def profile(self, name: str) -> DeviceProfile:
         """A profile by id, `host` (probed now), or a path to a YAML file."""
@@ -335,6 +367,29 @@ def cross_reference_problems(
     return problems
 
 
+def calibration_problems(path: Path) -> tuple[Calibration | None, list[str]]:
+    """Parse and validate one calibration file: the schema, the profile named as the file
+    is, and tables that agree with each other; every problem as `file: field: reason`."""
+    calibration, problems = problems_in_file(path, Calibration)
+    if calibration is None:
+        return None, problems
+    if calibration.profile != path.stem:
+        problems.append(
+            f"{path}: profile: {echo(calibration.profile)} must match the file name "
+            f"{echo(path.stem)}"
+        )
+    problems += [f"{path}: {problem}" for problem in calibration.problems()]
+    return (None, problems) if problems else (calibration, [])
+
+
+def load_calibration(path: Path) -> Calibration:
+    calibration, problems = calibration_problems(path)
+    if calibration is None:
+        more = f" (and {len(problems) - 1} more)" if problems[1:] else ""
+        raise CatalogError(problems[0] + more)
+    return calibration
+
+
 def _yaml_files(folders: Sequence[Path]) -> list[Path]:
     files: list[Path] = []
     for folder in folders:
@@ -369,11 +424,19 @@ def load_catalog(
     profiles_dirs: Sequence[Path] = (),
     recipes_dirs: Sequence[Path] = (),
     targets_dirs: Sequence[Path] = (),
+    calibrations_dirs: Sequence[Path] = (),
 ) -> Catalog:
     """Built-in catalogues, then folders from the environment, then from the command line.
 
     Later folders override earlier entries with the same id.
     """
+    calibration_folders = [*_env_dirs(ENV_CALIBRATIONS_DIR), *calibrations_dirs]
+    for folder in calibration_folders:
+        if not is_folder(folder):
+            raise BadInputError(f"calibrations folder not found: {shorten(str(folder), 240)}")
+    builtin_calibrations = builtin_dir("calibrations")
+    if is_folder(builtin_calibrations):
+        calibration_folders.insert(0, builtin_calibrations)
     profile_files = _yaml_files(
         [builtin_dir("profiles"), *_env_dirs(ENV_PROFILES_DIR), *profiles_dirs]
     )
@@ -396,6 +459,7 @@ def load_catalog(
         profiles={key: obj for key, (_, obj) in profiles.items()},
         recipes={key: obj for key, (_, obj) in recipes.items()},
         targets=target_map,
+        calibrations_dirs=calibration_folders,
     )
     for mapping in (profiles, recipes, targets):
         for key, (path, _) in mapping.items():

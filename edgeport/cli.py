@@ -36,7 +36,7 @@ app = typer.Typer(
     add_completion=False,
 )
 profiles_app = typer.Typer(
-    help="Device profiles: list, show, validate, detect, schema.", no_args_is_help=True
+    help="Device profiles: list, show, validate, detect, schema, calibrate.", no_args_is_help=True
 )
 recipes_app = typer.Typer(help="Conversion recipes: list, show.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
@@ -58,6 +58,14 @@ ProfilesDirOpt = Annotated[
 ]
 RecipesDirOpt = Annotated[
     list[Path] | None, typer.Option("--recipes-dir", help="Extra folder of recipe YAML files.")
+]
+CalibrationsDirOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--calibrations-dir",
+        help="Extra folder of calibrations (<profile-id>.yaml, from `profiles calibrate`): "
+        "speedups measured on a device, used instead of the recipes' estimates.",
+    ),
 ]
 TrustOpt = Annotated[bool, typer.Option(help="Allow code from the model repository to run.")]
 PickleOpt = Annotated[
@@ -81,10 +89,18 @@ class ConsoleProgress:
         err.print(f"    {escape(message)}", style="dim")
 
 
-def _catalog(profiles_dirs: list[Path] | None, recipes_dirs: list[Path] | None = None) -> Catalog:
+def _catalog(
+    profiles_dirs: list[Path] | None,
+    recipes_dirs: list[Path] | None = None,
+    calibrations_dirs: list[Path] | None = None,
+) -> Catalog:
     from edgeport.catalog import load_catalog
 
-    return load_catalog(tuple(profiles_dirs or ()), tuple(recipes_dirs or ()))
+    return load_catalog(
+        tuple(profiles_dirs or ()),
+        tuple(recipes_dirs or ()),
+        calibrations_dirs=tuple(calibrations_dirs or ()),
+    )
 
 
 # Set once a command printed its JSON object: an error after it must not print a second one.
@@ -131,6 +147,7 @@ def convert(
     profiles_dir: ProfilesDirOpt = None,
     recipes_dir: RecipesDirOpt = None,
     archive: ArchiveOpt = False,
+    calibrations_dir: CalibrationsDirOpt = None,
 ) -> None:
     """Convert MODEL for a device: plan, export, quantise, validate, and write a bundle."""
     from edgeport.pipeline import ConvertRequest
@@ -150,7 +167,7 @@ def convert(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
         force=force,
-        catalog=_catalog(profiles_dir, recipes_dir),
+        catalog=_catalog(profiles_dir, recipes_dir, calibrations_dir),
     )
     result = run_convert(request, ConsoleProgress())
     _print_result(result, request)
@@ -341,6 +358,7 @@ def build_command(
             "each bundle on a device of its profile; a bundle failing there fails the build.",
         ),
     ] = None,
+    calibrations_dir: CalibrationsDirOpt = None,
 ) -> None:
     """Convert every model x profile pair of BUILD_FILE (for CI); index.json lists the results."""
     from edgeport.build import build_exit_code, load_build_file, load_devices_file, run_build
@@ -351,7 +369,7 @@ def build_command(
         build = build.model_copy(update={"out": out})
     records, index = run_build(
         build,
-        catalog=_catalog(profiles_dir, recipes_dir),
+        catalog=_catalog(profiles_dir, recipes_dir, calibrations_dir),
         progress=ConsoleProgress(),
         force=force,
         devices=inventory,
@@ -384,10 +402,16 @@ def plan_command(
     allow_pickle: PickleOpt = False,
     profiles_dir: ProfilesDirOpt = None,
     recipes_dir: RecipesDirOpt = None,
+    calibrations_dir: CalibrationsDirOpt = None,
 ) -> None:
-    """Show the ordered candidates for MODEL on a device, and why others were dropped."""
+    """Show the ordered candidates for MODEL on a device, and why others were dropped.
+
+    Speeds are measured ones where the profile has a calibration (`profiles calibrate`),
+    the recipes' estimates elsewhere; the table and --json say which.
+    """
     from edgeport.pipeline import ConvertRequest, explain_empty_plan, make_plan
 
+    catalog = _catalog(profiles_dir, recipes_dir, calibrations_dir)
     request = ConvertRequest(
         model=model,
         profile=profile,
@@ -396,12 +420,13 @@ def plan_command(
         objective=_check_objective(objective),
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
-        catalog=_catalog(profiles_dir, recipes_dir),
+        catalog=catalog,
     )
     result = make_plan(request, ConsoleProgress())
     problem = None if result.candidates else explain_empty_plan(result)
+    calibration = catalog.calibration_file(result.profile.id)
     if json_output:
-        payload = plan_json(result)
+        payload = plan_json(result, calibration)
         if problem is not None:
             payload["error"] = {
                 "exit_code": problem.exit_code,
@@ -410,18 +435,19 @@ def plan_command(
             }
         _emit_json(payload)
     else:
-        print_plan(result)
+        print_plan(result, calibration)
     if problem is not None:
         raise problem
 
 
-def plan_json(result: Plan) -> dict[str, Any]:
+def plan_json(result: Plan, calibration: Path | None = None) -> dict[str, Any]:
     return {
         "model": result.model.display_name,
         "commit": result.model.commit,
         "task": result.model.task,
         "family": result.model.family,
         "profile": result.profile.id,
+        "calibration": str(calibration) if calibration is not None else None,
         "candidates": [
             {
                 "rank": index,
@@ -430,6 +456,7 @@ def plan_json(result: Plan) -> dict[str, Any]:
                 "device": c.device,
                 "precision": c.recipe.precision,
                 "estimated_speedup": c.estimated_speedup,
+                "speed_source": c.speed_source,
                 "estimated_size_mb": c.estimated_size_mb,
                 "estimated_memory_mb": c.estimated_memory_mb,
                 "reason": c.reason,
@@ -440,17 +467,32 @@ def plan_json(result: Plan) -> dict[str, Any]:
     }
 
 
-def print_plan(result: Plan) -> None:
+def print_plan(result: Plan, calibration: Path | None = None) -> None:
     model = result.model
     err.print(
         f"[bold]{model.display_name}[/] ({model.model_type}, {model.task}, "
         f"{model.parameter_count / 1e6:.1f} M params) on [bold]{result.profile.id}[/]"
     )
+    measured = sum(c.speed_source == "measured" for c in result.candidates)
+    if calibration is None:
+        err.print(
+            f"speeds: the recipes' estimates ({result.profile.id} has no calibration: "
+            "`edgeport profiles calibrate` measures them on a device)"
+        )
+    else:
+        err.print(
+            f"speeds: measured on the device for {measured} of {len(result.candidates)} "
+            f"candidates ({escape(str(calibration))}), the recipes' estimates for the rest",
+            soft_wrap=True,
+        )
     table = Table(title="Candidates, best first")
-    for column in ("#", "recipe", "target", "device", "precision", "why"):
+    for column in ("#", "recipe", "target", "device", "precision", "speed", "why"):
         table.add_column(column)
     for index, c in enumerate(result.candidates, start=1):
-        table.add_row(str(index), c.recipe.id, c.target.id, c.device, c.recipe.precision, c.reason)
+        speed = f"{c.estimated_speedup:.2f}x {c.speed_source}"
+        table.add_row(
+            str(index), c.recipe.id, c.target.id, c.device, c.recipe.precision, speed, c.reason
+        )
     err.print(table)
     if result.dropped:
         dropped = Table(title="Dropped")
@@ -556,6 +598,106 @@ def profiles_detect(
         )
     profile = probe_host_profile(load_targets(), profile_id or "my-board")
     sys.stdout.write(detected_profile_yaml(profile, write_id=profile_id is not None))
+
+
+@profiles_app.command("calibrate")
+def profiles_calibrate(
+    profile_id: Annotated[
+        str, typer.Argument(metavar="PROFILE", help="Profile id, or a path to a profile YAML.")
+    ],
+    on: Annotated[
+        str,
+        typer.Option(
+            "--on",
+            metavar="ssh://[user@]host[:port]",
+            help="A device of this profile, over SSH (your ssh client and ~/.ssh/config).",
+        ),
+    ],
+    python: Annotated[
+        str | None, typer.Option("--python", help="The device's Python (default: python3).")
+    ] = None,
+    ssh_option: Annotated[
+        list[str] | None,
+        typer.Option("--ssh-option", help="Passed to ssh as -o OPTION (repeatable)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Calibration file to write (default: calibrations/PROFILE.yaml)."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing calibration file.")] = False,
+    runs: Annotated[
+        int | None, typer.Option(help="Timed runs of each graph and shape (default 10).")
+    ] = None,
+    warmup: Annotated[int | None, typer.Option(help="Untimed runs first (default 3).")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Intra-op threads (default: the profile's cores, as bundles run)."),
+    ] = None,
+    layers: Annotated[
+        int | None, typer.Option(help="Layers of the reference graph (default 4).")
+    ] = None,
+    hidden: Annotated[
+        int | None, typer.Option(help="Width of the reference graph (default 384).")
+    ] = None,
+    tokens: Annotated[
+        int | None, typer.Option(help="Tokens of the batch shape (default 256).")
+    ] = None,
+    json_output: JsonOpt = False,
+    profiles_dir: ProfilesDirOpt = None,
+    recipes_dir: RecipesDirOpt = None,
+) -> None:
+    """Measure on a device how fast each precision runs on each runtime of PROFILE.
+
+    Reference graphs (MatMul stacks, built here with every recipe's quantisation) are timed
+    on the device over SSH; the speedups are written as a calibration file, which `plan`
+    and `convert` then use instead of the recipes' estimates.
+    """
+    from dataclasses import replace
+
+    from edgeport import calibrate as cal
+    from edgeport import device
+
+    catalog = _catalog(profiles_dir, recipes_dir)
+    profile = catalog.profile(profile_id)
+    target = out or cal.default_out(profile.id)
+    cal.check_destination(target, force)
+    spec = cal.GraphSpec()
+    for name, value in (("layers", layers), ("hidden", hidden), ("tokens", tokens)):
+        if value is not None:
+            spec = replace(spec, **{name: value})
+    calibration = cal.calibrate(
+        profile,
+        on,
+        list(catalog.recipes.values()),
+        python=python or device.DEFAULT_PYTHON,
+        ssh_options=ssh_option or (),
+        spec=spec,
+        warmup=cal.DEFAULT_WARMUP if warmup is None else warmup,
+        runs=cal.DEFAULT_RUNS if runs is None else runs,
+        threads=threads,
+        progress=ConsoleProgress(),
+    )
+    text = cal.calibration_yaml(calibration, f"edgeport profiles calibrate {profile.id}")
+    written = cal.write_calibration(text, target, force)
+    table = Table(title=f"Measured on {calibration.label}")
+    for column in ("runtime", "precision", "batch", "x ORT fp32", "x own fp32", "1 token", "x ORT"):
+        table.add_column(column)
+    for row in cal.table_rows(calibration):
+        table.add_row(*row)
+    err.print(table)
+    for skipped in calibration.skipped:
+        what = f"{skipped.target} {skipped.key}" if skipped.key else skipped.target
+        err.print(f"not measured: {what}: {skipped.reason}", markup=False, soft_wrap=True)
+    err.print(
+        f"wrote {written}: `edgeport plan` uses it for {profile.id} from the repository's "
+        "calibrations/, $EDGEPORT_CALIBRATIONS_DIR or --calibrations-dir",
+        markup=False,
+        soft_wrap=True,
+    )
+    if json_output:
+        _emit_json({"file": str(written), **calibration.model_dump(mode="json")})
 
 
 @recipes_app.command("list")

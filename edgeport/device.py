@@ -97,11 +97,6 @@ class SshTarget:
         port = f":{self.port}" if self.port is not None else ""
         return f"{SCHEME}{user}{host}{port}"
 
-    @property
-    def label(self) -> str:
-        """The host as a file-name part (device-runs/<label>-<time>.json)."""
-        return _SAFE_LABEL.sub("_", self.host)
-
 
 def _bad_target(text: str, problem: str) -> BadInputError:
     from edgeport.catalog import echo

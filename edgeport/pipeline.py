@@ -146,6 +146,7 @@ def default_out(model: ModelInfo, profile_id: str) -> Path:
 def make_plan(request: ConvertRequest, progress: Progress) -> Plan:
     catalog = request.catalog or load_catalog(request.profiles_dirs, request.recipes_dirs)
     profile = catalog.profile(request.profile)
+    calibration = catalog.calibration(profile.id)  # a malformed one fails before any work
     progress.stage(f"Resolving {request.model}")
     resolved = resolve(
         request.model,
@@ -165,6 +166,7 @@ def make_plan(request: ConvertRequest, progress: Progress) -> Plan:
         host_targets(catalog.targets.values()),
         objective=objective_for(request, info),
         only_recipes=request.recipes,
+        calibration=calibration,
     )
 
 

@@ -18,13 +18,16 @@ from typing import Literal
 
 from edgeport.schemas import (
     INT8_DOT_FEATURES,
+    Calibration,
     Candidate,
     DeviceProfile,
     DroppedCandidate,
     ModelInfo,
     Plan,
     Recipe,
+    SpeedSource,
     Target,
+    device_is_accelerator,
 )
 
 Objective = Literal["latency", "size", "accuracy"]
@@ -156,6 +159,52 @@ def _speed_reason(recipe: Recipe, features: frozenset[str], speedup: float) -> s
     return "fp32: numerically faithful baseline"
 
 
+def measured_speedup(
+    model: ModelInfo,
+    recipe: Recipe,
+    profile: DeviceProfile,
+    device: str,
+    calibration: Calibration | None,
+) -> tuple[float, str] | None:
+    """The speedup over ONNX Runtime fp32 measured on the device (its calibration), with the
+    reason, or None where nothing measured applies (no entry, or an accelerator: the
+    reference graphs run on the CPU).
+
+    Encoders: the batch-shape measurement of the recipe's runtime and scheme, times the
+    recipe's `graph_speedup` (rewrites the reference graphs do not have). Language models:
+    the one-token measurement stands for the weights' share of a decoding step, whose
+    fp32 KV cache (at half the profile's context) is read as fast as in fp32.
+    """
+    if calibration is None or device_is_accelerator(device):
+        return None
+    decoder = model.family == "decoder"
+    found = calibration.measured(recipe, decode=decoder)
+    if found is None:
+        return None
+    key, measured = found
+    what = f"{recipe.target} {key}" + (", one token" if decoder else "")
+    why = f"measured {measured:.2f}x ONNX Runtime fp32 ({what}) on {calibration.label}"
+    if decoder:
+        context = min(profile.context_length, model.dims.max_positions or profile.context_length)
+        weights = model.parameter_count * 4.0
+        cache = kv_cache_bytes_per_token(model, context // 2)
+        speedup = (weights + cache) / (weights / measured + cache)
+        return round(speedup, 2), f"{why}: ~{speedup:.2f}x with the fp32 KV cache"
+    graph = recipe.expect.graph_speedup
+    if graph == 1.0:
+        return round(measured, 2), why
+    passes = [
+        name
+        for name, used in (
+            ("fusion", recipe.graph.transformer_fusion),
+            ("padding removal", recipe.graph.remove_padding),
+        )
+        if used
+    ]
+    rewrites = " and ".join(passes) or "graph rewrites"
+    return round(measured * graph, 2), f"{why} x {graph:g} estimated for {rewrites}"
+
+
 def plan(
     model: ModelInfo,
     profile: DeviceProfile,
@@ -164,8 +213,13 @@ def plan(
     host_targets: frozenset[str],
     objective: Objective = "latency",
     only_recipes: frozenset[str] | None = None,
+    calibration: Calibration | None = None,
 ) -> Plan:
-    """Rank every recipe the device can run; `host_targets` are targets this host can export."""
+    """Rank every recipe the device can run; `host_targets` are targets this host can export.
+
+    `calibration` (the profile's measured speedups, or None) replaces the recipes' speed
+    estimates wherever it measured the candidate's runtime and precision.
+    """
     kept: list[Candidate] = []
     dropped: list[DroppedCandidate] = []
     features = profile.feature_set
@@ -250,6 +304,11 @@ def plan(
         else:
             speedup = recipe.expect.speedup_on(features)
             speed = _speed_reason(recipe, features, speedup)
+        source: SpeedSource = "estimated"
+        measured = measured_speedup(model, recipe, profile, device, calibration)
+        if measured is not None:
+            speedup, source = measured[0], "measured"
+            speed = f"{measured[1]} (instead of the recipe's estimate: {speed})"
         reason = f"{speed}; ~{size_mb:,.0f} MB on disk; needs ~{memory:,.0f} of {budget_mb:,.0f} MB"
         kept.append(
             Candidate(
@@ -260,6 +319,7 @@ def plan(
                 estimated_size_mb=round(size_mb, 1),
                 estimated_speedup=speedup,
                 reason=reason,
+                speed_source=source,
             )
         )
 

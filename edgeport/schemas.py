@@ -7,10 +7,18 @@ stages pass values on, they never rewrite what they were given.
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    model_validator,
+)
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=80)]
@@ -266,6 +274,12 @@ class Quantization(StrictModel):
         "A head tied to the token embeddings is quantised once, at this precision, and "
         "shared with the embedding lookup.",
     )
+    lm_head_group_size: PositiveInt | None = Field(
+        default=None,
+        description="Weight-only (ONNX Runtime): block size of the output projection (and of "
+        "a tied embedding table); group_size or int8_group_size when omitted. With int8 "
+        "compute (accuracy_level 4) the head's input is quantised in blocks of this size too.",
+    )
     accuracy_level: AccuracyLevel | None = Field(
         default=None,
         description="Weight-only (ONNX Runtime MatMulNBits): the lowest precision the kernel "
@@ -334,6 +348,15 @@ class Expectation(StrictModel):
         default_factory=dict,
         description="Speedup on CPUs with this feature; the first one the device has wins.",
     )
+    graph_speedup: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description="The part of `speedup` that comes from graph rewrites (fusion, padding "
+        "removal), the same on every CPU. A device calibration measures the kernels of each "
+        "precision and runtime (calibrations/<profile>.yaml); the planner multiplies that "
+        "measurement by this factor for encoders.",
+    )
 
     def speedup_on(self, features: frozenset[str]) -> float:
         for feature, speedup in self.speedup_by_feature.items():
@@ -358,6 +381,177 @@ class Recipe(StrictModel):
     @property
     def precision(self) -> Precision:
         return self.quantize.precision
+
+
+# --------------------------------------------------------------------------- calibrations
+
+# What a calibration measures, per runtime: a scheme (fp32 for "none"), ONNX Runtime's
+# static int8 by format, or a bare precision (a hand-written entry for every int8 scheme).
+CalibrationKey = Literal[
+    "fp32",
+    "fp16",
+    "bf16",
+    "int8",
+    "int4",
+    "int8-dynamic",
+    "int8-static",
+    "int8-static-qdq",
+    "int8-static-qoperator",
+    "int8-weight",
+    "int4-weight",
+]
+CalibrationShape = Literal["batch", "decode"]
+Speedup = Annotated[float, Field(gt=0, lt=1000)]
+SpeedupTable = dict[Slug, dict[CalibrationKey, Speedup]]
+Milliseconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Every speedup a calibration gives the planner is relative to this runtime's fp32, as the
+# recipes' `expect.speedup` are.
+BASELINE_TARGET = "onnxruntime"
+# Speedups are written to 4 significant digits: tables agree within this.
+_AGREE_REL, _AGREE_ABS = 0.01, 0.002
+
+
+def calibration_keys(recipe: Recipe) -> tuple[str, ...]:
+    """The calibration entries a recipe matches, most specific first: ONNX Runtime's static
+    int8 by format (QDQ and QOperator run different kernels there), its scheme (fp32 for
+    none), then its precision."""
+    quantize = recipe.quantize
+    keys: list[str] = ["fp32" if quantize.scheme == "none" else quantize.scheme, recipe.precision]
+    if quantize.scheme == "int8-static" and recipe.target == BASELINE_TARGET:
+        keys.insert(0, f"int8-static-{quantize.format.lower()}")
+    return tuple(dict.fromkeys(keys))
+
+
+class MeasuredOn(StrictModel):
+    """The device a calibration was measured on, as its probe reported it (no host name)."""
+
+    cpu: str | None = Field(default=None, description="CPU model name.")
+    arch: str | None = None
+    features: list[str] = Field(
+        default_factory=list, description="ISA features, spelt as profiles spell them."
+    )
+    flags: str = Field(default="", description="The CPU's own flag list (/proc/cpuinfo).")
+    cores: PositiveInt | None = None
+    memory_mb: PositiveInt | None = None
+    os: str | None = None
+    python: str | None = None
+    packages: dict[str, str] = Field(
+        default_factory=dict, description="Versions of numpy and the runtimes measured."
+    )
+
+
+class CalibrationMethod(StrictModel):
+    """How the reference graphs were made and timed."""
+
+    graph: str = Field(description="The reference graph, in words.")
+    layers: PositiveInt
+    hidden: PositiveInt
+    shapes: dict[CalibrationShape, list[PositiveInt]] = Field(
+        description="Input shape of each timed shape: batch (rows of tokens through every "
+        "layer, as an encoder or a prompt), decode (one token, as a decoding step)."
+    )
+    threads: PositiveInt
+    warmup: int = Field(ge=0)
+    runs: PositiveInt
+    statistic: Literal["median"] = "median"
+    seed: int = 0
+    variants: dict[str, str] = Field(
+        default_factory=dict, description="`target/key`: how that graph was made."
+    )
+
+
+class SkippedMeasurement(StrictModel):
+    target: Slug
+    key: CalibrationKey | None = None
+    reason: str
+
+
+class Calibration(StrictModel):
+    """Speedups measured on a device for one profile: `calibrations/<profile>.yaml`.
+
+    `speedups` (batch shape) and `decode_speedups` (one token) are relative to ONNX
+    Runtime fp32 on the same device, so runtimes compare; `speedups_vs_own_fp32` relative
+    to each runtime's own fp32. The planner prefers them to the recipes' guesses.
+    """
+
+    profile: Slug = Field(description="The profile id; also the file name.")
+    date: AwareDatetime = Field(description="When it was measured (UTC).")
+    edgeport_version: str
+    measured_on: MeasuredOn
+    method: CalibrationMethod | None = None
+    speedups: SpeedupTable = Field(
+        description="target -> key -> speedup over ONNX Runtime fp32 on this device, batch "
+        "shape (what encoders and prompts run)."
+    )
+    speedups_vs_own_fp32: SpeedupTable = Field(default_factory=dict)
+    decode_speedups: SpeedupTable = Field(
+        default_factory=dict,
+        description="target -> key -> speedup over ONNX Runtime fp32 for one token (what a "
+        "language model's decoding step runs).",
+    )
+    latency_ms: dict[CalibrationShape, dict[Slug, dict[CalibrationKey, Milliseconds]]] = Field(
+        default_factory=dict, description="The medians the speedups come from."
+    )
+    skipped: list[SkippedMeasurement] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+    def measured(self, recipe: Recipe, decode: bool = False) -> tuple[str, float] | None:
+        """The entry matching `recipe` (key, speedup over ONNX Runtime fp32), or None."""
+        table = (self.decode_speedups if decode else self.speedups).get(recipe.target, {})
+        for key in calibration_keys(recipe):
+            if key in table:
+                return key, table[key]
+        return None
+
+    @property
+    def label(self) -> str:
+        """`<cpu> (calibration YYYY-MM-DD)`, for reasons and tables."""
+        cpu = self.measured_on.cpu or self.profile
+        return f"{cpu} (calibration {self.date.astimezone(UTC):%Y-%m-%d})"
+
+    def problems(self) -> list[str]:
+        """`field: reason` for tables that disagree with each other (the schema checks the
+        rest): ONNX Runtime fp32 is 1, each runtime's own fp32 is 1, the speedups are the
+        ratios of the latencies, and speedups_vs_own_fp32 = speedups / that runtime's fp32."""
+        problems: list[str] = []
+
+        def check(where: str, value: float, expected: float, why: str) -> None:
+            if abs(value - expected) > _AGREE_ABS + _AGREE_REL * expected:
+                problems.append(f"{where}: {value:g} disagrees with {why} ({expected:.3g})")
+
+        for name, table in (("speedups", self.speedups), ("decode_speedups", self.decode_speedups)):
+            base = table.get(BASELINE_TARGET, {}).get("fp32")
+            if base is not None:
+                check(f"{name}.{BASELINE_TARGET}.fp32", base, 1.0, "the baseline itself")
+        for target, row in self.speedups_vs_own_fp32.items():
+            for key, value in row.items():
+                own = self.speedups.get(target, {}).get("fp32")
+                vs_base = self.speedups.get(target, {}).get(key)
+                if own is not None and vs_base is not None:
+                    check(
+                        f"speedups_vs_own_fp32.{target}.{key}",
+                        value,
+                        vs_base / own,
+                        f"speedups.{target}.{key} / speedups.{target}.fp32",
+                    )
+        shapes: tuple[tuple[CalibrationShape, str, SpeedupTable], ...] = (
+            ("batch", "speedups", self.speedups),
+            ("decode", "decode_speedups", self.decode_speedups),
+        )
+        for shape, name, table in shapes:
+            latency = self.latency_ms.get(shape, {})
+            base_ms = latency.get(BASELINE_TARGET, {}).get("fp32")
+            for target, row in table.items():
+                for key, value in row.items():
+                    ms = latency.get(target, {}).get(key)
+                    if base_ms is not None and ms is not None:
+                        check(
+                            f"{name}.{target}.{key}",
+                            value,
+                            base_ms / ms,
+                            f"latency_ms.{shape}: {base_ms:g} / {ms:g} ms",
+                        )
+        return problems
 
 
 # --------------------------------------------------------------------------- model
@@ -399,6 +593,8 @@ class ModelInfo(StrictModel):
 
 # --------------------------------------------------------------------------- plan
 
+SpeedSource = Literal["measured", "estimated"]
+
 
 class Candidate(StrictModel):
     recipe: Recipe
@@ -408,6 +604,11 @@ class Candidate(StrictModel):
     estimated_size_mb: float
     estimated_speedup: float
     reason: str
+    speed_source: SpeedSource = Field(
+        default="estimated",
+        description="Where estimated_speedup comes from: the device's calibration "
+        "(measured) or the recipe's expectation (estimated).",
+    )
 
     @property
     def key(self) -> str:

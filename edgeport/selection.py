@@ -37,6 +37,9 @@ class SpeedBasis:
 
     host_gap: str = ""
     estimated_ratio: Mapping[str, float] = field(default_factory=dict)
+    # Of the ranked candidates, how many have a speedup measured on the device (its
+    # calibration) rather than estimated by their recipe.
+    measured: int = 0
 
     @property
     def host_timings_rank(self) -> bool:
@@ -48,9 +51,18 @@ class SpeedBasis:
                 f"latency measured on this host ranks the candidates: it has every ISA "
                 f"feature {profile_id} lists"
             )
+        if self.measured:
+            ranked_by = (
+                f"speedups measured on {profile_id} (its calibration: {self.measured} of "
+                f"{len(self.estimated_ratio)} candidates) and the recipes' estimates for the rest"
+                if self.measured < len(self.estimated_ratio)
+                else f"speedups measured on {profile_id} (its calibration)"
+            )
+        else:
+            ranked_by = f"the recipes' speed estimates for {profile_id}"
         return (
-            f"{self.host_gap}; candidates are ranked by the recipes' speed estimates for "
-            f"{profile_id}, and the latencies shown were measured on this host"
+            f"{self.host_gap}; candidates are ranked by {ranked_by}, and the latencies shown "
+            "were measured on this host"
         )
 
 
@@ -77,7 +89,9 @@ def speed_basis(
     if not gap:
         return SpeedBasis()
     return SpeedBasis(
-        gap, {c.recipe.id: round(1.0 / c.estimated_speedup, 4) for c in candidates}
+        gap,
+        {c.recipe.id: round(1.0 / c.estimated_speedup, 4) for c in candidates},
+        measured=len({c.recipe.id for c in candidates if c.speed_source == "measured"}),
     )
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -232,21 +233,38 @@ def convert_bundle(model: Path, pair: str, out: Path) -> Bundle:
     return Bundle(pair, out, manifest)
 
 
+# A small launcher between this (large) process and run.py: a forked child starts with
+# its parent's resident set, and Linux keeps ru_maxrss across exec, so run.py's own peak is
+# only visible from a parent that is small itself.
+LAUNCHER = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as out:
+    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
+
+
 def time_run_py(bundle: Bundle, prompt: str, new_tokens: int, threads: int) -> dict[str, Any]:
-    """One `run.py --json` in its own process, with that process's peak RSS (wait4)."""
+    """One `run.py --json` in its own process, with that process's peak resident memory."""
     command = [sys.executable, str(bundle.directory / "run.py"), prompt, "--json",
                "--max-new-tokens", str(new_tokens), "--threads", str(threads)]  # fmt: skip
-    with tempfile.TemporaryFile(mode="w+") as errors:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
-        stdout = child.stdout.read() if child.stdout else ""
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        errors.seek(0)
-        stderr = errors.read()
-    if child.returncode:
-        raise SystemExit(f"{bundle.label}: run.py failed ({child.returncode}): {stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = Path(tmp) / "maxrss"
+        completed = subprocess.run(
+            [sys.executable, "-S", "-c", LAUNCHER, str(peak), *command],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if completed.returncode:
+            raise SystemExit(
+                f"{bundle.label}: run.py failed ({completed.returncode}): "
+                f"{completed.stderr[-2000:]}"
+            )
+        kib = int(peak.read_text(encoding="utf-8"))  # Linux reports KiB
+    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    result["peak_rss_mb"] = kib / 1024
     return result
 
 
@@ -254,8 +272,6 @@ def measure_bundles(
     bundles: list[Bundle], prompt: str, new_tokens: int, threads: int, rounds: int
 ) -> list[dict[str, Any]]:
     """Interleaved rounds (every bundle once per round), medians per bundle."""
-    import statistics
-
     runs: dict[str, list[dict[str, Any]]] = {b.label: [] for b in bundles}
     for bundle in bundles:  # warm the page cache: the first load reads the file from disk
         time_run_py(bundle, prompt, 2, threads)
@@ -264,9 +280,13 @@ def measure_bundles(
         for bundle in bundles:
             runs[bundle.label].append(time_run_py(bundle, prompt, new_tokens, threads))
     rows = []
+    base = runs[bundles[0].label]
     for bundle in bundles:
         done = runs[bundle.label]
         ttft = statistics.median(r["time_to_first_token_ms"] for r in done)
+        # Paired: each round's speed over the first bundle's in the same round, so a load
+        # that comes and goes on the host cancels out of the ratio.
+        paired = [r["tokens_per_s"] / b["tokens_per_s"] for r, b in zip(done, base, strict=True)]
         metrics = bundle.manifest.get("metrics", {})
         rows.append(
             {
@@ -280,6 +300,8 @@ def measure_bundles(
                 "prefill_tokens_per_s": done[0]["prompt_tokens"] / (ttft / 1000),
                 "tokens_per_s": statistics.median(r["tokens_per_s"] for r in done),
                 "tokens_per_s_runs": [r["tokens_per_s"] for r in done],
+                "speedup_paired": statistics.median(paired),
+                "speedup_runs": [round(x, 2) for x in paired],
                 "time_to_first_token_ms": ttft,
                 "peak_memory_mb": statistics.median(r["peak_rss_mb"] for r in done),
                 "next_token_agreement": metrics.get("next_token_agreement"),
@@ -305,12 +327,13 @@ def print_bundle_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{row['label'][:38]:38} {row['bytes'] / 1e6:7.1f} {ratio(row, 'bytes'):>6} "
             f"{row['prefill_tokens_per_s']:9.1f} {row['tokens_per_s']:8.2f} "
-            f"{ratio(row, 'tokens_per_s'):>6} {row['time_to_first_token_ms']:8.1f} "
+            f"{row['speedup_paired']:5.2f}x {row['time_to_first_token_ms']:8.1f} "
             f"{row['peak_memory_mb']:7.0f} {'-' if agree is None else f'{agree:.3f}':>6}"
         )
     print(
-        f"(medians of interleaved runs of each bundle's run.py, {rows[0]['prompt_tokens']} "
-        f"prompt tokens, {rows[0]['new_tokens']} new; ratios against the first row; "
+        f"(medians of {len(rows[0]['tokens_per_s_runs'])} interleaved rounds of each bundle's "
+        f"run.py, {rows[0]['prompt_tokens']} prompt tokens, {rows[0]['new_tokens']} new; size: "
+        "against the first row; speed: median of the per-round ratios to the first row; "
         "agree: next-token agreement with PyTorch from the manifest)"
     )
     by_recipe = {row["recipe"]: row for row in rows}
@@ -320,14 +343,17 @@ def print_bundle_table(rows: list[dict[str, Any]]) -> None:
         for int4 in (ort4, ov4):
             if int4:
                 print(
-                    f"{int4['recipe']}: {int4['tokens_per_s'] / fp32['tokens_per_s']:.2f}x "
-                    f"ONNX Runtime fp32's decode speed, {int4['bytes'] / fp32['bytes']:.3f} of "
-                    "its size"
+                    f"{int4['recipe']}: {int4['speedup_paired']:.2f}x ONNX Runtime fp32's decode "
+                    f"speed (rounds: {int4['speedup_runs']}), {int4['bytes'] / fp32['bytes']:.3f} "
+                    "of its size"
                 )
     if ort4 and ov4:
+        rounds = [
+            a / b for a, b in zip(ort4["tokens_per_s_runs"], ov4["tokens_per_s_runs"], strict=True)
+        ]
         print(
-            f"onnx-int4-weight decodes at {ort4['tokens_per_s'] / ov4['tokens_per_s']:.2f}x "
-            "openvino-int4-weight's speed"
+            f"onnx-int4-weight decodes at {statistics.median(rounds):.2f}x "
+            f"openvino-int4-weight's speed (rounds: {[round(x, 2) for x in rounds]})"
         )
 
 
@@ -372,7 +398,7 @@ def main() -> int:
     )
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     if args.bundle or args.smollm2_shape:
         return bundles_main(args)

@@ -13,8 +13,11 @@ PYTHON=${PYTHON:-python3}
 EXAMPLE_MODEL=${EDGEPORT_EXAMPLE_MODEL:-$REPO/examples/models/all-MiniLM-L6-v2}
 EXAMPLE_BUNDLE=${EDGEPORT_EXAMPLE_BUNDLE:-$REPO/bundles/all-MiniLM-L6-v2-host}
 # Debian packages the features need, as "command:package" (checked by command, installed
-# only when missing). Nothing beyond Python is needed yet.
-SYSTEM_PACKAGES=()
+# only when missing).
+SYSTEM_PACKAGES=(
+  "ssh:openssh-client"   # edgeport verify --on ssh://... (device runs)
+  "sshd:openssh-server"  # the tests' loopback SSH "device"
+)
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -23,7 +26,8 @@ unset PYTHONPATH PYTHONHOME PIP_USER PIP_PREFIX PIP_TARGET VIRTUAL_ENV
 
 missing=()
 for entry in "${SYSTEM_PACKAGES[@]}"; do
-  command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")
+  name=${entry%%:*}
+  command -v "$name" >/dev/null 2>&1 || [[ -x /usr/sbin/$name ]] || missing+=("${entry#*:}")
 done
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3-venv)

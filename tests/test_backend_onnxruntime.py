@@ -13,7 +13,7 @@ from edgeport.backends.onnxruntime import OnnxRuntimeBackend
 from edgeport.catalog import load_catalog
 from edgeport.hub import resolve
 from edgeport.model_info import inspect_model
-from edgeport.schemas import Candidate, ModelInfo, Recipe
+from edgeport.schemas import Candidate, ModelInfo, Quantization, Recipe
 from edgeport.text_inputs import TextEncoder, right_pad
 
 # Worst pooled-embedding cosine vs the fp32 export, per recipe, on a random 32-wide BERT
@@ -155,3 +155,48 @@ def test_an_unfused_graph_keeps_its_padding_and_says_why(ort: Setup, reference: 
     assert any("padding kept: no fused Attention op" in note for note in artifact.notes)
     cosine = (ort.embed(artifact) * reference).sum(axis=-1)
     assert cosine.min() >= 0.99999
+
+
+def _zero_outputs(path: Path) -> None:
+    """Multiply every output of the model at `path` by 0, in place."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    zero = helper.make_tensor("edgeport_test_zero", onnx.TensorProto.FLOAT, [], [0.0])
+    model.graph.initializer.append(zero)
+    for output in model.graph.output:
+        inner = f"{output.name}_before_zero"
+        for node in model.graph.node:
+            node.output[:] = [inner if name == output.name else name for name in node.output]
+            node.input[:] = [inner if name == output.name else name for name in node.input]
+        model.graph.node.append(helper.make_node("Mul", [inner, zero.name], [output.name]))
+    onnx.save(model, str(path))
+
+
+def test_the_int8_dynamic_bundle_is_checked_after_quantisation(ort: Setup) -> None:
+    artifact = ort.build(ort.catalog.recipe("onnx-int8-dynamic"), "dynamic-notes")
+    note = next(note for note in artifact.notes if note.startswith("padding"))
+    assert note.startswith("padding removed"), artifact.notes
+    assert "token cosine" in note  # judged as a quantised graph, against its quantised twin
+
+
+def test_a_graph_broken_by_quantisation_ships_its_padded_twin(
+    ort: Setup, reference: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The float rewrite passes its exact check; only the quantised graph is wrong."""
+    quantize = OnnxRuntimeBackend._quantize_dynamic
+
+    def broken_without_padding(
+        self: OnnxRuntimeBackend, source: Path, target: Path, quantization: Quantization
+    ) -> None:
+        quantize(self, source, target, quantization)
+        if source.name == "unpadded.onnx":
+            _zero_outputs(target)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "_quantize_dynamic", broken_without_padding)
+    artifact = ort.build(ort.catalog.recipe("onnx-int8-dynamic"), "dynamic-broken")
+    kept = [note for note in artifact.notes if note.startswith("padding kept")]
+    assert kept and "differs by 1 (relative)" in kept[0], artifact.notes
+    cosine = (ort.embed(artifact) * reference).sum(axis=-1)
+    assert cosine.min() >= SCHEMES["onnx-int8-dynamic"]

@@ -53,7 +53,8 @@ def build_tied_decoder(folder: Path, model_type: str, seed: int = 0) -> Path:
         eos_token_id=2,
     )
     torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    model.save_pretrained(str(folder))
     return folder
 
 
@@ -91,7 +92,7 @@ def _dequantize(blocks: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray
     else:
         values = blocks
     centred = values.astype(np.float32) - 2 ** (bits - 1)  # symmetric: the default zero point
-    return (centred * scales[..., None]).reshape(blocks.shape[0], -1)
+    return np.asarray((centred * scales[..., None]).reshape(blocks.shape[0], -1))
 
 
 @pytest.mark.parametrize("recipe_id", ["onnx-int4-weight", "onnx-int8-weight"])

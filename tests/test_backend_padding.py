@@ -16,6 +16,9 @@ import pytest
 from edgeport.backends import Feeds
 from edgeport.backends.padding import (
     CHECK_BATCH,
+    DYNAMIC,
+    QUANTISED,
+    Agreement,
     PaddingKept,
     check_inputs,
     check_lengths,
@@ -198,3 +201,42 @@ def test_relative_error_compares_real_tokens_only() -> None:
     expected = [np.array([[[2.0], [4.0], [9.0]]])]
     assert relative_error_at_tokens(expected, [np.array([[[2.0], [4.0], [0.0]]])], mask) == 0
     assert relative_error_at_tokens(expected, [np.array([[[2.0], [3.0], [9.0]]])], mask) == 0.25
+
+
+def test_quantised_graphs_may_differ_by_int8_noise_but_not_by_a_scale() -> None:
+    def noisy(feeds: Feeds) -> list[np.ndarray]:
+        hidden, pooled = unpadded_model(feeds)
+        step = np.abs(hidden).max() / 127  # one int8 step, here and there
+        flips = np.random.default_rng(0).random(hidden.shape) < 0.05
+        return [hidden + step * flips, pooled]
+
+    def scaled(feeds: Feeds) -> list[np.ndarray]:  # a cosine alone would not see this
+        return [1.5 * value for value in unpadded_model(feeds)]
+
+    def run(graph: Graph) -> tuple[Graph, str]:
+        return remove_padding_checked(
+            padded_model, lambda _: graph, compile_graph, CALIBRATION, MAX_LENGTH, QUANTISED
+        )
+
+    assert run(noisy)[0] is noisy
+    assert check(lambda graph: noisy)[0] is padded_model  # float graphs: exact only
+    chosen, note = run(scaled)
+    assert chosen is padded_model and "differs by 0.5 (relative)" in note
+
+
+def test_dynamic_quantisation_is_compared_on_texts_alone() -> None:
+    """Per-batch activation scales make a padded batch's twin see its padding."""
+
+    def other_scales_in_batches(feeds: Feeds) -> list[np.ndarray]:
+        hidden, pooled = unpadded_model(feeds)
+        return [hidden if len(hidden) == 1 else np.round(hidden, 1), pooled]
+
+    def run(graph: Graph, agreement: Agreement) -> tuple[Graph, str]:
+        return remove_padding_checked(
+            padded_model, lambda _: graph, compile_graph, CALIBRATION, MAX_LENGTH, agreement
+        )
+
+    chosen, note = run(other_scales_in_batches, DYNAMIC)
+    assert chosen is other_scales_in_batches and "padded batches" not in note, note
+    assert run(other_scales_in_batches, QUANTISED)[0] is padded_model
+    assert run(lambda feeds: [0 * v for v in padded_model(feeds)], DYNAMIC)[0] is padded_model

@@ -317,6 +317,9 @@ def test_convert_tiny_llama_for_onnxruntime(tiny_llama: Path, tmp_path: Path) ->
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["runtime"]["task"] == "text-generation-with-past"
     assert manifest["runtime"]["eos_token_ids"] == [2]
+    if manifest["recipe"]["id"] == "onnx-int4-weight":
+        # Resolved from the profile (Arm dotprod), recorded as it ran, whatever the host.
+        assert manifest["recipe"]["quantize"]["accuracy_level"] == 4
     assert {"next_token_agreement", "perplexity_increase", "tokens_per_s"} <= set(
         manifest["metrics"]
     )
@@ -361,12 +364,18 @@ def test_convert_tiny_llama_for_openvino(tiny_llama: Path, tmp_path: Path) -> No
 FP32_BYTES = 27_282_456  # tiny-llama-pydoc model.safetensors
 
 
-def _done_criteria(profile: str, target_recipe: str, tmp_path: Path) -> None:
+def _done_criteria(profile: str, int4_recipes: set[str], tmp_path: Path) -> None:
     out = tmp_path / profile
     result = run_cli("convert", str(TINY_LLAMA), "--profile", profile, "--out", str(out), "--json")
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["recipe"]["id"] == target_recipe
+    assert manifest["recipe"]["id"] in int4_recipes
+    # Every int4 recipe the device runs passes the trained model's gate, whichever ships.
+    for attempt in manifest["attempts"]:
+        if attempt["recipe_id"] in int4_recipes:
+            assert attempt["status"] == "passed", attempt["recipe_id"]
+            metrics = {m["name"]: m["value"] for m in attempt["validation"]["metrics"]}
+            assert metrics["next_token_agreement"] >= 0.95, attempt["recipe_id"]
     model_files = [
         f
         for f in manifest["files"]
@@ -388,7 +397,7 @@ def _done_criteria(profile: str, target_recipe: str, tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not TINY_LLAMA.is_dir(), reason="tiny-llama-pydoc is absent")
 def test_tiny_llama_pydoc_for_raspberry_pi_5(tmp_path: Path) -> None:
-    _done_criteria("raspberry-pi-5", "onnx-int4-weight", tmp_path)
+    _done_criteria("raspberry-pi-5", {"onnx-int4-weight"}, tmp_path)
 
 
 @pytest.mark.slow
@@ -396,4 +405,7 @@ def test_tiny_llama_pydoc_for_raspberry_pi_5(tmp_path: Path) -> None:
 @pytest.mark.skipif(not TINY_LLAMA.is_dir(), reason="tiny-llama-pydoc is absent")
 def test_tiny_llama_pydoc_for_intel_n100(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
-    _done_criteria("intel-n100", "openvino-int4-weight", tmp_path)
+    # Both int4 bundles are ~0.195 of fp32; since issue 17 ONNX Runtime's is ~50 kB smaller
+    # (fused attention: ~700 fewer nodes) and no slower, so the default `size` objective may
+    # ship either; both must pass the gate.
+    _done_criteria("intel-n100", {"openvino-int4-weight", "onnx-int4-weight"}, tmp_path)

@@ -9,16 +9,12 @@ Python is this venv's. Skipped, with the install command, when sshd is missing.
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,137 +23,19 @@ import pytest
 from bundle_fixtures import PROFILE, copy_bundle, read_manifest, reseal, tiny_bundle_once
 from bundle_fixtures import write_manifest as write_bundle_manifest
 from conftest import run_cli
+from loopback_sshd import Device, free_port, serve
 
 from edgeport import device
 from edgeport.errors import BadInputError, UnsupportedError, VerificationError
-from edgeport.runners import device_agent, verify_bundle
+from edgeport.runners import verify_bundle
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-PRIVSEP_DIR = Path("/run/sshd")  # compiled into Debian's sshd; the ssh service creates it
-INSTALL = "apt-get install openssh-server"
 # ISA features an x86 host may lack; the first this CPU lacks makes an unfit bundle.
 RARE_FEATURES = ("amx_int8", "amx_bf16", "avx512_fp16", "avx_vnni", "avx512_vnni")
 
 
-@dataclass(frozen=True)
-class Device:
-    target: str
-    options: tuple[str, ...]
-    tmpdir: Path
-    root: Path
-    python: str = sys.executable
-
-    def args(self, *extra_options: str, python: str | None = None) -> list[str]:
-        options = [*extra_options, *self.options]
-        return [
-            "--on",
-            self.target,
-            "--python",
-            python or self.python,
-            *(arg for option in options for arg in ("--ssh-option", option)),
-        ]
-
-    def leftovers(self) -> list[str]:
-        return sorted(
-            p.name for p in self.tmpdir.iterdir() if p.name.startswith(device_agent.TEMP_PREFIX)
-        )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgeport-test", "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
-
-
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
-    if not Path(SSHD).is_file():
-        pytest.skip(f"OpenSSH's sshd is missing: {INSTALL}")
-    if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
-        pytest.skip("the OpenSSH client is missing: apt-get install openssh-client")
-    made_privsep = False
-    if not PRIVSEP_DIR.is_dir():
-        if os.geteuid() != 0:
-            pytest.skip(f"sshd needs {PRIVSEP_DIR} (created by root or the ssh service)")
-        PRIVSEP_DIR.mkdir(mode=0o755)
-        made_privsep = True
-    root = tmp_path_factory.mktemp("sshd")
-    tmpdir = root / "device-tmp"
-    tmpdir.mkdir()
-    _keygen(root / "host_key")
-    _keygen(root / "user_key")
-    _keygen(root / "stranger_key")  # a key the server does not know
-    shutil.copy(root / "user_key.pub", root / "authorized_keys")
-    port = _free_port()
-    (root / "sshd_config").write_text(
-        "\n".join(
-            [
-                "ListenAddress 127.0.0.1",
-                f"Port {port}",
-                f"HostKey {root / 'host_key'}",
-                f"AuthorizedKeysFile {root / 'authorized_keys'}",
-                f"PidFile {root / 'sshd.pid'}",
-                "StrictModes no",
-                "UsePAM no",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PermitRootLogin prohibit-password",
-                "AcceptEnv TMPDIR",
-                "LogLevel ERROR",
-                "",
-            ]
-        )
-    )
-    host_key = (root / "host_key.pub").read_text().split()
-    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    log = (root / "sshd.log").open("wb")
-    process = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log, stderr=log
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"sshd exited: {(root / 'sshd.log').read_text()[-500:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("sshd did not listen within 15 s")
-                time.sleep(0.1)
-        yield Device(
-            target=f"ssh://{getpass.getuser()}@127.0.0.1:{port}",
-            options=(
-                f"IdentityFile={root / 'user_key'}",
-                "IdentitiesOnly=yes",
-                f"UserKnownHostsFile={root / 'known_hosts'}",
-                "GlobalKnownHostsFile=/dev/null",
-                "StrictHostKeyChecking=yes",
-                "ConnectTimeout=10",
-                f"SetEnv=TMPDIR={tmpdir}",
-            ),
-            tmpdir=tmpdir,
-            root=root,
-        )
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        if made_privsep:
-            shutil.rmtree(PRIVSEP_DIR, ignore_errors=True)
+    yield from serve(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -410,7 +288,7 @@ def _fails(
 
 
 def test_unreachable_device_is_exit_6(sshd: Device, ort_bundle: Path) -> None:
-    closed = replace(sshd, target=f"ssh://127.0.0.1:{_free_port()}")
+    closed = replace(sshd, target=f"ssh://127.0.0.1:{free_port()}")
     _fails(sshd, ort_bundle, 6, "Connection refused", *closed.args())
 
 
@@ -430,6 +308,23 @@ def test_no_python_on_the_device_is_exit_4(sshd: Device, ort_bundle: Path) -> No
         sshd, ort_bundle, 4, "no Python at '/nonexistent/python'",
         *sshd.args(python="/nonexistent/python"),
     )  # fmt: skip
+
+
+def test_too_old_python_on_the_device_is_exit_4(
+    sshd: Device, ort_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bootstrap checks the version before compiling anything (here: "3.10" is 99.0)."""
+    monkeypatch.setattr(device, "MIN_PYTHON", (99, 0))
+    with pytest.raises(UnsupportedError, match=r"verify\.py needs Python 99\.0 or newer"):
+        device.verify_on_device(
+            ort_bundle, sshd.target, python=sshd.python, runs=1, ssh_options=sshd.options
+        )
+    assert sshd.leftovers() == []
+
+
+def test_device_options_need_on(ort_bundle: Path) -> None:
+    result = run_cli("verify", str(ort_bundle), "--python", "python3")
+    assert result.returncode == 2 and "only with --on" in result.stderr
 
 
 def test_missing_runtime_on_the_device_names_the_package(

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from test_search import CATALOG, _attempt, _candidate
 
 from edgeport.errors import BadInputError
 from edgeport.host import HOST_FEATURES_ENV, probe_cpu
 from edgeport.schemas import CpuSpec
 from edgeport.selection import SpeedBasis, choose, host_gap, prune_reason, speed_basis
-from test_search import CATALOG, _attempt, _candidate
 
 VNNI_PROFILE = CATALOG.profile("x86-64-avx512-vnni")
 AVX2_ONLY = ["sse4_2", "avx", "avx2", "fma", "f16c"]
@@ -23,7 +23,7 @@ def _host(features: list[str], arch: str = "x86_64") -> CpuSpec:
 
 
 def test_a_host_with_every_profile_feature_ranks_by_its_own_timings() -> None:
-    assert host_gap(VNNI_PROFILE, _host(list(VNNI_PROFILE.cpu.features) + ["amx_int8"])) == ""
+    assert host_gap(VNNI_PROFILE, _host([*VNNI_PROFILE.cpu.features, "amx_int8"])) == ""
 
 
 def test_a_host_without_vnni_says_so() -> None:

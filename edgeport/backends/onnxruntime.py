@@ -19,7 +19,7 @@ from edgeport.backends.onnxruntime_decoder import (
     quantize_weight_only,
 )
 from edgeport.backends.onnxruntime_padding import remove_padding
-from edgeport.backends.padding import remove_padding_checked
+from edgeport.backends.padding import DYNAMIC, QUANTISED, remove_padding_checked
 from edgeport.errors import UnsupportedError
 from edgeport.schemas import device_is_accelerator
 from edgeport.text_inputs import right_pad
@@ -175,32 +175,26 @@ class OnnxRuntimeBackend:
                 source = fused
             else:
                 notes.append(f"no ORT transformer fusion for model type {model.model_type!r}")
+        padded, padding_note = source, ""
         if recipe.graph.remove_padding and model.family == "encoder":
             if device_is_accelerator(candidate.device):
                 # Execution providers for accelerators compile static shapes.
-                notes.append(f"padding kept: removed on CPU only, not on {candidate.device}")
+                padding_note = f"padding kept: removed on CPU only, not on {candidate.device}"
             else:
                 source, padding_note = self._remove_padding(
                     source, workdir / "unpadded.onnx", calibration, model.max_length
                 )
-                notes.append(padding_note)
 
         target = workdir / "out" / MODEL_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
         quantization = recipe.quantize
-        scheme = quantization.scheme
-        if scheme == "none":
-            self._copy_model(source, target)
-        elif scheme == "fp16":
-            self._to_fp16(source, target, quantization)
-        elif scheme == "int8-dynamic":
-            self._quantize_dynamic(source, target, quantization)
-        elif scheme == "int8-static":
-            self._quantize_static(source, target, quantization, calibration, workdir)
-        elif scheme in {"int4-weight", "int8-weight"}:
-            notes += self._quantize_weight_only(source, target, quantization)
-        else:
-            raise UnsupportedError(f"ONNX Runtime backend has no {scheme!r} quantisation yet")
+        converted = self._convert(source, target, quantization, calibration, workdir)
+        if source != padded and quantization.scheme != "none":
+            padding_note = self._check_converted(
+                target, padded, quantization, calibration, workdir, model
+            )
+        notes += [padding_note] if padding_note else []
+        notes += converted
 
         inputs, outputs = _io_names(target)
         return Artifact(
@@ -211,6 +205,57 @@ class OnnxRuntimeBackend:
             output_names=outputs,
             notes=tuple(notes),
         )
+
+    def _convert(
+        self,
+        source: Path,
+        target: Path,
+        quantization: Quantization,
+        calibration: Sequence[Feeds],
+        workdir: Path,
+    ) -> list[str]:
+        """`source` in the recipe's precision, saved as `target`; returns notes."""
+        scheme = quantization.scheme
+        if scheme == "none":
+            self._copy_model(source, target)
+        elif scheme == "fp16":
+            self._to_fp16(source, target, quantization)
+        elif scheme == "int8-dynamic":
+            self._quantize_dynamic(source, target, quantization)
+        elif scheme == "int8-static":
+            self._quantize_static(source, target, quantization, calibration, workdir)
+        elif scheme in {"int4-weight", "int8-weight"}:
+            return self._quantize_weight_only(source, target, quantization)
+        else:
+            raise UnsupportedError(f"ONNX Runtime backend has no {scheme!r} quantisation yet")
+        return []
+
+    def _check_converted(
+        self,
+        target: Path,
+        padded: Path,
+        quantization: Quantization,
+        calibration: Sequence[Feeds],
+        workdir: Path,
+        model: ModelInfo,
+    ) -> str:
+        """The float rewrite was checked exact; this checks the graph that ships, after
+        quantisation, against the same quantisation of the padded graph, and ships that
+        twin instead when they disagree. Dynamic int8 scales activations per tensor, so
+        on a padded batch the twin's scales also see the padding and only texts alone
+        can be compared (DYNAMIC)."""
+        twin = workdir / "padded" / MODEL_FILE
+        twin.parent.mkdir(parents=True, exist_ok=True)
+        self._convert(padded, twin, quantization, calibration, twin.parent)
+        agreement = DYNAMIC if quantization.scheme == "int8-dynamic" else QUANTISED
+        chosen, note = remove_padding_checked(
+            twin, lambda _: target, _compile, calibration, model.max_length, agreement
+        )
+        if chosen == twin:
+            for path in target.parent.iterdir():
+                path.unlink()
+            self._copy_model(twin, target)
+        return note
 
     def load(
         self, artifact: Artifact, device: str, threads: int

@@ -371,7 +371,6 @@ def _rope_caches(config: Mapping[str, Any], head_dim: int) -> tuple[np.ndarray, 
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind not in {"default", "linear", "llama3", "yarn"} or config.get("partial_rotary_factor"):
         return None
-    hf_config = AutoConfig.for_model(**dict(config))
     if kind == "default":
         base = float(config.get("rope_theta", 10000.0))
         inv_freq = 1.0 / (
@@ -379,7 +378,11 @@ def _rope_caches(config: Mapping[str, Any], head_dim: int) -> tuple[np.ndarray, 
         )
         scaling = 1.0
     else:
-        inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](hf_config, torch.device("cpu"))
+        try:
+            hf_config = AutoConfig.for_model(**dict(config))
+            inv_freq, scaling = ROPE_INIT_FUNCTIONS[kind](hf_config, torch.device("cpu"))
+        except (KeyError, TypeError, ValueError):
+            return None
     length = int(config.get("max_position_embeddings") or 2048)
     angles = torch.outer(torch.arange(length, dtype=torch.int64).float(), inv_freq.float())
     return (
@@ -659,8 +662,6 @@ def quantize_weight_only(source: Path, quantization: Quantization) -> tuple[Any,
     else:
         low, high = [], list(body)
     head_bits = 4 if int4 and quantization.lm_head_precision == "int4" else 8
-    if head is not None and quantization.lm_head_precision != "fp32" and tied is None:
-        (low if head_bits == 4 else high).append((head, dict(matmuls)[head]))
 
     notes = []
     compute = f", accuracy_level {level}" if level else ""
@@ -685,27 +686,34 @@ def quantize_weight_only(source: Path, quantization: Quantization) -> tuple[Any,
         )
         notes.append(f"{len(kept)} MatMul weights 8-bit MatMulNBits, block {block8}{compute}{why}")
     shared: str | None = "no tied head"
-    if tied is not None:
+    if head is None:
+        notes.append("lm_head: no separate projection weight found (tied or fused); left as is")
+    elif quantization.lm_head_precision == "fp32":
+        notes.append(f"lm_head: fp32 ({head})")
+    else:
         requested = quantization.group_size if head_bits == 4 else quantization.int8_group_size
         default = DEFAULT_INT4_BLOCK if head_bits == 4 else DEFAULT_INT8_BLOCK
-        head_block, _ = choose_group_size(requested or default, [tied.hidden])
-        # Symmetric: the default zero point is the same for both operators, so the blocks
-        # need no zero-point tensor that the two would pack differently.
-        model = _matmul_nbits(model, [tied.head], head_bits, head_block, True, level)
-        shared = _share_embedding(model, tied)
-        sharing = (
-            "shared with the embedding lookup (GatherBlockQuantized, one copy)"
-            if shared is None
-            else f"not shared with the embeddings: {shared}"
+        head_block, _ = choose_group_size(
+            quantization.lm_head_group_size or requested or default, [dict(matmuls)[head]]
         )
-        notes.append(
-            f"lm_head: {quantization.lm_head_precision}, tied to {tied.table}: "
-            f"{head_bits}-bit MatMulNBits block {head_block}{compute}, {sharing} ({tied.head})"
-        )
-    elif head is None:
-        notes.append("lm_head: no separate projection weight found (tied or fused); left as is")
-    else:
-        notes.append(f"lm_head: {quantization.lm_head_precision} ({head})")
+        # Symmetric, as the 8-bit layers: a tied head's blocks then need no zero-point
+        # tensor, which MatMulNBits and GatherBlockQuantized would pack differently.
+        head_symmetric = symmetric or head_bits == 8 or tied is not None
+        model = _matmul_nbits(model, [head], head_bits, head_block, head_symmetric, level)
+        described = f"{head_bits}-bit MatMulNBits block {head_block}{compute}"
+        if tied is None:
+            notes.append(f"lm_head: {quantization.lm_head_precision}, {described} ({head})")
+        else:
+            shared = _share_embedding(model, tied)
+            sharing = (
+                "shared with the embedding lookup (GatherBlockQuantized, one copy)"
+                if shared is None
+                else f"not shared with the embeddings: {shared}"
+            )
+            notes.append(
+                f"lm_head: {quantization.lm_head_precision}, tied to {tied.table}: "
+                f"{described}, {sharing} ({head})"
+            )
     if tied is not None and shared is None:
         notes.append(f"embeddings: the lm_head's {quantization.lm_head_precision} blocks")
     elif quantization.embedding_precision == "int8":

@@ -17,7 +17,7 @@ from edgeport.backends.openvino_decoder import (
     is_stateful_decoder,
 )
 from edgeport.backends.openvino_padding import remove_padding
-from edgeport.backends.padding import remove_padding_checked
+from edgeport.backends.padding import EXACT, QUANTISED, Agreement, remove_padding_checked
 from edgeport.backends.weight_only import MIN_GROUP_SIZE, choose_group_size, search_patterns
 from edgeport.errors import UnsupportedError
 from edgeport.schemas import device_is_accelerator
@@ -172,7 +172,13 @@ def _copy_tokenizer(source: Path, target: Path) -> tuple[str, ...]:
 
 
 def _remove_padding(
-    out: Path, device: str, calibration: Sequence[Feeds], max_length: int, *, fp16: bool
+    out: Path,
+    device: str,
+    calibration: Sequence[Feeds],
+    max_length: int,
+    *,
+    fp16: bool,
+    agreement: Agreement = EXACT,
 ) -> str:
     """Swap the saved model in `out` for its unpadded rewrite when the two agree at every
     real token (padding.py); returns the note that says which was kept, and why.
@@ -201,7 +207,7 @@ def _remove_padding(
     shipped = out / MODEL_FILE
     try:
         chosen, note = remove_padding_checked(
-            shipped, rewrite, compile_graph, calibration, max_length
+            shipped, rewrite, compile_graph, calibration, max_length, agreement
         )
         if chosen != shipped:
             for name in (MODEL_FILE, WEIGHTS_FILE):
@@ -328,7 +334,12 @@ class OpenVinoBackend:
             # nothing, and the check then compares the shipped graph with its exact twin.
             notes.append(
                 _remove_padding(
-                    out, candidate.device, calibration, model.max_length, fp16=scheme == "fp16"
+                    out,
+                    candidate.device,
+                    calibration,
+                    model.max_length,
+                    fp16=scheme == "fp16",
+                    agreement=QUANTISED if scheme == "int8-static" else EXACT,
                 )
             )
 

@@ -16,6 +16,8 @@ Two actions:
   and sha256 against what edgeport sent (a changed byte on the way is reported, nothing
   runs), unpack it, run the bundle's own `verify.py --json` in a child process and report
   its result, exit code, wall time and peak resident memory (getrusage of the child).
+  With `argv`, the child runs that script of the archive instead (`edgeport profiles
+  calibrate` sends reference graphs and time_graphs.py); it prints one JSON object too.
   The temporary folder is removed in every case, also on SIGTERM or SIGHUP (the SSH
   connection dropped).
 """
@@ -227,9 +229,12 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
             report["unpack_error"] = f"{type(exc).__name__}: {exc}"
             return report
         archive.unlink()
-        command = [sys.executable, "verify.py", "--json", "--runs", str(int(params["runs"]))]
-        if params.get("threads"):
-            command += ["--threads", str(int(params["threads"]))]
+        if params.get("argv"):  # another script of the archive (profiles calibrate)
+            command = [sys.executable, *(str(arg) for arg in params["argv"])]
+        else:
+            command = [sys.executable, "verify.py", "--json", "--runs", str(int(params["runs"]))]
+            if params.get("threads"):
+                command += ["--threads", str(int(params["threads"]))]
         report["command"] = f"cd {shlex.quote(str(bundle))} && {shlex.join(command)}"
         start = time.perf_counter()
         done = subprocess.run(

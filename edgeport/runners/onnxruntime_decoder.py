@@ -83,23 +83,33 @@ class Decoder:
         ]
 
     def generate(self, prompt: list[int], max_new_tokens: int, stop: set[int]) -> Iterator[int]:
+        """Greedy decoding; the cache stays in ONNX Runtime's buffers (IO binding): each
+        step's present.* values are bound as the next step's past_key_values.* as they are."""
+        binding = self.session.io_binding()
         past = {
-            name: np.zeros((1, heads, 0, dim), dtype=dtype)
+            name: ort.OrtValue.ortvalue_from_numpy(np.zeros((1, heads, 0, dim), dtype=dtype))
             for name, heads, dim, dtype in self.past_specs
         }
         ids = np.array([prompt], dtype=np.int64)
         length = 0
         for _ in range(max_new_tokens):
             total = length + ids.shape[1]
-            feeds = {"input_ids": ids, **past}
+            feeds = {"input_ids": ids}
             if "attention_mask" in self.inputs:
                 feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
             if "position_ids" in self.inputs:
                 feeds["position_ids"] = np.arange(length, total, dtype=np.int64)[None]
-            results = dict(zip(self.outputs, self.session.run(None, feeds), strict=True))
+            for name, array in feeds.items():
+                binding.bind_cpu_input(name, array)
+            for name, value in past.items():
+                binding.bind_ortvalue_input(name, value)
+            for name in self.outputs:
+                binding.bind_output(name, "cpu")
+            self.session.run_with_iobinding(binding)
+            results = dict(zip(self.outputs, binding.get_outputs(), strict=True))
             past = {name: results[name.replace(PAST, "present.", 1)] for name in past}
             length = total
-            token = int(results["logits"][0, -1].argmax())
+            token = int(results["logits"].numpy()[0, -1].argmax())
             yield token
             if token in stop:
                 return

@@ -134,7 +134,8 @@ class Decoder:
                 feeds["position_ids"] = np.arange(length, total, dtype=np.int64)[None]
             if "beam_idx" in self.inputs:
                 feeds["beam_idx"] = np.zeros(1, dtype=np.int32)
-            self.request.infer(feeds)
+            # The KV cache is the request's state; inputs are read and logits left in place.
+            self.request.infer(feeds, share_inputs=True, share_outputs=True)
             length = total
             token = int(self.request.get_tensor("logits").data[0, -1].argmax())
             yield token
