@@ -20,6 +20,9 @@ from edgeport.validate import primary_metric
 # A planning estimate must be this much worse than a measured, passing candidate before
 # it is skipped: estimates are rough, measurements are not.
 PRUNE_MARGIN = 1.5
+# Objective "size": candidates at most this much larger than the smallest passing one
+# count as equally small, and the fastest of them wins.
+SIZE_BAND = 1.05
 
 
 def attempt_key(recipe_id: str, variant: str) -> str:
@@ -160,7 +163,11 @@ def choose(
     if not passed:
         return None
     if objective == "size":
-        return min(passed, key=lambda a: (_size(a), _speed(a, basis)))
+        # Sizes within a few percent are the same size to a device's memory; among them
+        # speed decides (decode speed, for language models), not a few kilobytes.
+        smallest = min(_size(a) for a in passed)
+        near = [a for a in passed if _size(a) <= smallest * SIZE_BAND]
+        return min(near, key=lambda a: (_speed(a, basis), _size(a)))
     if objective == "accuracy":
         return max(passed, key=lambda a: (_accuracy(a), tuple(-x for x in _speed(a, basis))))
     return min(passed, key=lambda a: _speed(a, basis))

@@ -280,3 +280,32 @@ def test_attention_fusion_declines_what_it_does_not_know(
         note = fuse_attention(model, {**config, **change})
         assert note.startswith("attention not fused"), change
         assert len(model.graph.node) == count
+
+
+def test_matmuls_sharing_an_input_are_packed_exactly(
+    tied_export: tuple[Any, ExportedModel], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+
+    from edgeport.backends import onnxruntime_decoder
+    from edgeport.backends.onnxruntime_decoder import OnnxDecoderSession
+
+    model, notes = _quantize(tied_export[1], "onnx-int4-weight", "raspberry-pi-5")
+    assert "packed into one" in notes[-1]
+    packed = [n for n in model.graph.node if n.name.endswith("/packed")]
+    # Each of the 2 layers: gate+up, and q+k (4-bit; v_proj is 8-bit) or, in layer 0 where
+    # everything is 8-bit, q+k+v.
+    assert len(packed) == 2 * 2
+    monkeypatch.setattr(onnxruntime_decoder, "pack_siblings", lambda model: 0)
+    unpacked, _ = _quantize(tied_export[1], "onnx-int4-weight", "raspberry-pi-5")
+    paths = []
+    for name, graph in (("packed", model), ("unpacked", unpacked)):
+        path = tmp_path / f"{name}.onnx"
+        onnx.save_model(graph, str(path))
+        paths.append(path)
+    first, second = (OnnxDecoderSession(path, None) for path in paths)
+    ids = np.arange(7, 50, dtype=np.int64)[None]
+    np.testing.assert_array_equal(
+        first.run({"input_ids": ids})["logits"], second.run({"input_ids": ids})["logits"]
+    )
+    assert first.generate([3, 4, 5], 6) == second.generate([3, 4, 5], 6)

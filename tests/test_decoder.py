@@ -196,8 +196,7 @@ def test_onnx_int4_recipe_keeps_sensitive_layers_8_bit(
 ) -> None:
     import onnx
 
-    from edgeport.backends.onnxruntime import OnnxDecoderSession
-    from edgeport.backends.onnxruntime_decoder import quantize_weight_only
+    from edgeport.backends.onnxruntime_decoder import OnnxDecoderSession, quantize_weight_only
 
     _, exported = onnx_export
     recipe = CATALOG.recipe("onnx-int4-weight")
@@ -255,7 +254,8 @@ def test_openvino_stateful_export_and_int4_with_gptq(tiny_llama: Path, tmp_path:
     pytest.importorskip("openvino")
     import openvino as ov
 
-    from edgeport.backends.openvino import OpenVinoBackend, calibration_items
+    from edgeport.backends.openvino import OpenVinoBackend
+    from edgeport.backends.openvino_decoder import calibration_items
 
     info = _info(tiny_llama)
     backend = OpenVinoBackend()

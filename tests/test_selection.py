@@ -89,3 +89,11 @@ def test_report_says_latencies_were_taken_on_a_host_without_vnni(
     statuses = {a["recipe_id"]: a["status"] for a in manifest["attempts"]}
     if statuses.get("onnx-int8-dynamic") == "passed":
         assert manifest["recipe"]["id"] == "onnx-int8-dynamic"
+
+
+def test_size_objective_takes_the_faster_of_two_near_equal_sizes() -> None:
+    small_slow = _attempt("onnx-int4-weight", "passed", ratio=0.9, cosine=0.995, size=100 << 20)
+    small_fast = _attempt("openvino-int4-weight", "passed", ratio=0.5, cosine=0.995, size=103 << 20)
+    big_fast = _attempt("onnx-fp32", "passed", ratio=0.2, cosine=1.0, size=400 << 20)
+    assert choose([small_slow, small_fast, big_fast], "size") is small_fast
+    assert choose([small_slow, big_fast], "size") is small_slow
