@@ -233,7 +233,12 @@ class CandidateEvaluator:
         self.candidates: dict[str, Candidate] = {}
 
     def refine(
-        self, candidate: Candidate, failed: Attempt, baseline: Measurement, search: Evaluation
+        self,
+        candidate: Candidate,
+        failed: Attempt,
+        baseline: Measurement,
+        search: Evaluation,
+        host_timings_rank: bool = True,
     ) -> list[Attempt]:
         """Mixed-precision variants of a failed candidate (search.py), when the recipe asks."""
         key = attempt_key(candidate.recipe.id, failed.variant)
@@ -258,6 +263,7 @@ class CandidateEvaluator:
             self.threads,
             evaluate,
             self.progress.info,
+            host_timings_rank,
         )
 
     def export(self, target_id: str) -> ExportedModel:
@@ -488,7 +494,11 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
             attempts.append(attempt)
             progress.info(_attempt_line(attempt))
             if attempt.status == "failed" and prepared.search is not None:
-                attempts.extend(evaluator.refine(candidate, attempt, baseline, prepared.search))
+                attempts.extend(
+                    evaluator.refine(
+                        candidate, attempt, baseline, prepared.search, basis.host_timings_rank
+                    )
+                )
 
         if objective == "latency" and basis.host_timings_rank:
             progress.stage("Confirming latency of the passing candidates against the baseline")

@@ -60,8 +60,14 @@ def refine(
     threads: int,
     evaluate: Callable[[Candidate, str], Attempt],
     report_progress: Callable[[str], None],
+    host_timings_rank: bool = True,
 ) -> list[Attempt]:
-    """Variants of a failed candidate with more and more nodes in float; stops at a pass."""
+    """Variants of a failed candidate with more and more nodes in float; stops at a pass.
+
+    It also stops when a variant is no faster than float on this host, but only when this
+    host's timings stand for the device's: without the device's int8 instructions, the
+    host says nothing about what keeping more nodes in float costs there.
+    """
     if not isinstance(backend, SensitivityRanking):
         return []
     report_progress(f"{candidate.recipe.id}: ranking quantised nodes by accuracy cost")
@@ -76,6 +82,6 @@ def refine(
         attempts.append(attempt)
         if attempt.status in {"passed", "error"}:
             break
-        if attempt.latency_ratio is not None and attempt.latency_ratio >= 1.0:
+        if host_timings_rank and attempt.latency_ratio is not None and attempt.latency_ratio >= 1.0:
             break  # no faster than float: mixed precision has nothing left to offer
     return attempts

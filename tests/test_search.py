@@ -103,3 +103,46 @@ def test_tradeoff_picture_marks_the_chosen_point(tmp_path: Path) -> None:
     assert svg is not None and svg.startswith("<svg")
     assert "openvino-fp32 (chosen)" in svg and "tolerance 0.99" in svg
     assert render_tradeoff_svg(attempts[:1], None, "embedding_cosine_min", 0.99) is None
+
+
+class _RankingBackend:
+    def rank_sensitive_nodes(
+        self, artifact: object, probe: object, threads: int
+    ) -> list[tuple[str, float]]:
+        return [(f"node{i}", 0.9) for i in range(16)]
+
+
+def test_refine_stops_on_host_slowness_only_when_host_timings_stand_for_the_device() -> None:
+    """On a host without the device's int8 instructions, a variant measured no faster than
+    fp32 here says nothing about the device: the search goes on until one passes."""
+    from edgeport.backends import Artifact
+    from edgeport.search import refine
+
+    candidate = _candidate("openvino-int8-static", 3.0)
+    artifact = Artifact(Path(), "m.xml", ("m.xml",), ("input_ids",), ("out",))
+
+    def run(host_timings_rank: bool) -> list[str]:
+        def evaluate(variant_candidate: Candidate, variant: str) -> Attempt:
+            kept = len(variant_candidate.recipe.quantize.exclude_nodes)
+            attempt = _attempt(
+                "openvino-int8-static",
+                "passed" if kept >= 8 else "failed",
+                ratio=1.05,
+                cosine=0.995 if kept >= 8 else 0.98,
+            )
+            return attempt.model_copy(update={"variant": variant, "latency_ratio": 1.05})
+
+        attempts = refine(
+            candidate,
+            artifact,
+            _RankingBackend(),
+            lambda s: 0.0,
+            1,
+            evaluate,
+            lambda message: None,
+            host_timings_rank,
+        )
+        return [a.variant for a in attempts]
+
+    assert run(True) == ["1 node in float"]
+    assert run(False)[-1] == "8 nodes in float"
