@@ -415,20 +415,25 @@ def _skipped(candidate: Candidate, detail: str) -> Attempt:
     )
 
 
+def protected_paths(request: ConvertRequest, info: ModelInfo | None = None) -> tuple[Path, ...]:
+    """Folders a bundle must never replace: the model's own, as given and as resolved."""
+    given = Path(request.model).expanduser()
+    paths = (given,) if given.exists() else ()
+    return (*paths, info.local_path) if info is not None else paths
+
+
 def convert(request: ConvertRequest, progress: Progress | None = None) -> ConversionResult:
     progress = progress or SilentProgress()
     # The destination is checked before any work (minutes of it), and again once the
     # model's own folder is known: a bundle never replaces its source.
-    local_source = Path(request.model).expanduser()
-    protected = (local_source,) if local_source.exists() else ()
     if request.out is not None:
-        check_destination(request.out, force=request.force, protected=protected)
+        check_destination(request.out, force=request.force, protected=protected_paths(request))
     the_plan = make_plan(request, progress)
     info, profile = the_plan.model, the_plan.profile
     if not the_plan.candidates:
         raise explain_empty_plan(the_plan)
     out = request.out or default_out(info, profile.id)
-    check_destination(out, force=request.force, protected=(*protected, info.local_path))
+    check_destination(out, force=request.force, protected=protected_paths(request, info))
     progress.stage(f"Plan for {profile.id}: " + ", ".join(c.recipe.id for c in the_plan.candidates))
     samples = load_samples(info.family, request.samples)
     workload = workload_for(info)
@@ -637,9 +642,9 @@ def write_bundle(
             f"no on-device runner for {candidate.target.id} {info.family} models yet"
         )
     runtime_devices = profile.runtime(candidate.target.id)
-    local_source = Path(request.model).expanduser()
-    protected = (info.local_path, *((local_source,) if local_source.exists() else ()))
-    with BundleWriter(out, force=request.force, protected=protected) as writer:
+    with BundleWriter(
+        out, force=request.force, protected=protected_paths(request, info)
+    ) as writer:
         for name in artifact.files:
             writer.copy(artifact.directory / name)
         for path in tokenizer_files(tokenizer_dir):
