@@ -50,7 +50,8 @@ from edgeport.bundle import (
     shown,
 )
 from edgeport.errors import BadInputError, EdgeportError, VerificationError
-from edgeport.runners.verify_bundle import DEVICE_RUNS
+from edgeport.runners import ondevice
+from edgeport.runners.ondevice import DEVICE_RUNS
 
 ARCHIVE_SUFFIX = ".tar.gz"
 _TAR_FORMAT = tarfile.PAX_FORMAT
@@ -163,14 +164,30 @@ def _entries(bundle: Path) -> list[Path]:
     return entries
 
 
+def check_bundle_files(bundle: Path) -> list[str]:
+    """Integrity only (no runtime needed): one line per changed, missing or extra file.
+
+    What `pack` checks before packing; `edgeport verify` runs the same checks (and more)
+    through the bundle's verify.py.
+    """
+    try:
+        manifest = ondevice.load_manifest(bundle)
+    except ondevice.BundleError as exc:
+        raise BadInputError(str(exc)) from exc
+    # An edited manifest (tolerance, runtime settings) is as corrupt as an edited model.
+    failures: list[str] = (
+        ondevice.check_manifest(manifest)["failures"]
+        + ondevice.check_files(bundle, manifest)["failures"]
+    )
+    return failures
+
+
 def pack(bundle: Path, out: Path | None = None, *, check: bool = True) -> ArchiveInfo:
     """Write a deterministic .tar.gz of `bundle` (files at the archive root), mode 0644
     less the umask."""
     if not (bundle / MANIFEST).is_file():
         raise BadInputError(f"{shown(bundle)}: not a bundle (no {MANIFEST})")
     if check:
-        from edgeport.verify import check_bundle_files
-
         failures = check_bundle_files(bundle)
         if failures:
             raise VerificationError(

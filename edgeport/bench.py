@@ -20,6 +20,7 @@ from edgeport.schemas import Measurement
 
 if TYPE_CHECKING:
     from edgeport.backends import Artifact, Feeds
+    from edgeport.schemas import Target
 
 WARMUP_RUNS = 3
 TIMED_RUNS = 15
@@ -29,7 +30,7 @@ MEASURE_TIMEOUT_S = 900
 
 def measure(
     artifact: Artifact,
-    target_id: str,
+    target: Target,
     device: str,
     threads: int,
     feeds: Feeds,
@@ -52,7 +53,7 @@ def measure(
             "edgeport.bench",
             str(artifact.directory),
             artifact.model_file,
-            target_id,
+            target.backend,  # the child loads the backend class the target names
             device,
             str(threads),
             str(feeds_path),
@@ -105,10 +106,10 @@ def _child(argv: list[str]) -> None:
     import numpy as np
     import psutil
 
-    from edgeport.backends import Artifact, get_backend
+    from edgeport.backends import Artifact, backend_from_spec
 
-    directory, model_file, target_id, device, threads, feeds_path, runs, new_tokens = argv
-    backend = get_backend(target_id)
+    directory, model_file, backend_spec, device, threads, feeds_path, runs, new_tokens = argv
+    backend = backend_from_spec(backend_spec)
     with np.load(feeds_path) as data:
         feeds = {name: data[name] for name in data.files}
     baseline_mb = psutil.Process().memory_info().rss / 2**20

@@ -11,9 +11,7 @@ profile (`edgeport verify --on`), and a bundle that fails there fails the build.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +23,10 @@ from edgeport.errors import BadInputError, EdgeportError
 from edgeport.schemas import SLUG_PATTERN, Slug
 
 if TYPE_CHECKING:
-    from edgeport.backends import ExportedModel
     from edgeport.catalog import Catalog
-    from edgeport.pipeline import Progress
-    from edgeport.schemas import ModelInfo
+    from edgeport.progress import Progress
 
 INDEX_FILE = "index.json"
-_CACHE_META = "export.json"
 
 
 # --------------------------------------------------------------------------- build file
@@ -134,8 +129,8 @@ def load_build_file(path: Path) -> BuildFile:
 
 def _model_problems(index: int, model: ModelEntry, catalog: Catalog) -> list[str]:
     from edgeport.catalog import echo
+    from edgeport.families import supported_tasks, task_aliases
     from edgeport.hub import is_folder, looks_like_hub_id, looks_like_path
-    from edgeport.model_info import SUPPORTED_TASKS, TASK_ALIASES
 
     field = f"models.{index}"
     problems = []
@@ -146,8 +141,8 @@ def _model_problems(index: int, model: ModelEntry, catalog: Catalog) -> list[str
             problems.append(f"{field}.revision: applies to Hub ids, not to a local folder")
     elif not looks_like_hub_id(model.id):
         problems.append(f"{field}.id: not a Hub model id or an existing folder: {echo(model.id)}")
-    if model.task is not None and TASK_ALIASES.get(model.task, model.task) not in SUPPORTED_TASKS:
-        supported = ", ".join(sorted(t for t in SUPPORTED_TASKS if t not in TASK_ALIASES))
+    if model.task is not None and model.task not in supported_tasks():
+        supported = ", ".join(sorted(t for t in supported_tasks() if t not in task_aliases()))
         problems.append(
             f"{field}.task: {echo(model.task)} is not supported (supported: {supported})"
         )
@@ -279,61 +274,6 @@ def _verify_on_device(
     return bool(run["passed"])
 
 
-# --------------------------------------------------------------------------- export cache
-
-
-def _cache_key(target_id: str, info: ModelInfo, trust_remote_code: bool) -> str:
-    parts = [
-        str(info.local_path.resolve()),
-        info.commit or "",
-        target_id,
-        info.task,
-        str(trust_remote_code),
-    ]
-    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:24]
-
-
-def cached_export(
-    target_id: str, info: ModelInfo, workdir: Path, *, trust_remote_code: bool, cache: Path
-) -> ExportedModel:
-    """The fp32 export for (model path/commit, target, task), made once per cache folder.
-
-    A hit is copied into `workdir`, so the candidates of one conversion never write into
-    the export another conversion reuses.
-    """
-    from edgeport.backends import ExportedModel, get_backend
-
-    entry = cache / _cache_key(target_id, info, trust_remote_code)
-    meta_path = entry / _CACHE_META
-    if not meta_path.is_file():
-        exported = get_backend(target_id).export(info, workdir, trust_remote_code=trust_remote_code)
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{entry.name}.partial-", dir=cache))
-        shutil.copytree(exported.directory, partial / "export")
-        meta = {
-            "model_file": exported.model_file,
-            "input_names": list(exported.input_names),
-            "output_names": list(exported.output_names),
-            "relative_dir": exported.directory.relative_to(workdir).as_posix()
-            if exported.directory.is_relative_to(workdir)
-            else "export",
-        }
-        (partial / _CACHE_META).write_text(json.dumps(meta), encoding="utf-8")
-        shutil.rmtree(entry, ignore_errors=True)
-        partial.rename(entry)
-        return exported
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    directory = workdir / meta["relative_dir"]
-    shutil.copytree(entry / "export", directory)
-    return ExportedModel(
-        target_id,
-        directory,
-        meta["model_file"],
-        tuple(meta["input_names"]),
-        tuple(meta["output_names"]),
-    )
-
-
 # --------------------------------------------------------------------------- run
 
 
@@ -374,8 +314,9 @@ def run_build(
     a bundle that fails on its device fails its pair (no archive).
     """
     from edgeport.archive import pack
-    from edgeport.pipeline import ConvertRequest, SilentProgress
+    from edgeport.pipeline import ConvertRequest
     from edgeport.pipeline import convert as pipeline_convert
+    from edgeport.progress import SilentProgress
     from edgeport.verify import verify
 
     progress = progress or SilentProgress()

@@ -23,9 +23,13 @@ from edgeport.schemas import FileEntry, Manifest
 
 MANIFEST = "manifest.json"
 REPORT = "report.md"
+# Accuracy against latency of every candidate, drawn beside the report.
+TRADEOFF_IMAGE = "tradeoff.svg"
 RUNNER = "run.py"
 VERIFIER = "verify.py"
 VERIFIER_TEMPLATE = "verify_bundle.py"
+# The numpy-only code run.py and verify.py share, shipped in every bundle under this name.
+DEVICE_MODULE = "ondevice.py"
 REQUIREMENTS = "requirements.txt"
 CREATED_BY = "edgeport"
 FOLDER_MODE = 0o755

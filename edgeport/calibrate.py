@@ -46,7 +46,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from edgeport.errors import (
     BadInputError,
@@ -55,13 +55,14 @@ from edgeport.errors import (
     UnsupportedError,
     VerificationError,
 )
+from edgeport.progress import Progress
 from edgeport.schemas import (
-    BASELINE_TARGET,
     Calibration,
     CalibrationMethod,
     MeasuredOn,
     Quantization,
     SkippedMeasurement,
+    calibration_entry,
     calibration_keys,
 )
 
@@ -84,7 +85,7 @@ CALIBRATION_BATCHES = 4
 # Written between timed runs, so that the weights come from memory (a model larger than
 # the caches); larger than the last-level cache of the CPUs edgeport's profiles name.
 FLUSH_MB = 64
-# ONNX Runtime fp32 timed first and last: a larger change says the device slowed down.
+# The baseline timed first and last: a larger change says the device slowed down.
 DRIFT_LIMIT = 0.1
 SPEC_FILE = "graphs.json"
 SCRIPT = "time_graphs.py"
@@ -114,12 +115,6 @@ _SCHEME = {
     "int8-weight": "int8-weight",
     "int4-weight": "int4-weight",
 }
-
-
-class Progress(Protocol):
-    def stage(self, message: str) -> None: ...
-
-    def info(self, message: str) -> None: ...
 
 
 class _Quiet:
@@ -473,11 +468,12 @@ def pack_folder(folder: Path, out: Path) -> tuple[int, str]:
 
 
 def check_calibration_device(
-    profile: DeviceProfile, facts: Mapping[str, Any], target: str, python: str
+    profile: DeviceProfile, facts: Mapping[str, Any], target: str, python: str, baseline: Recipe
 ) -> None:
-    """Refuse a device that cannot stand for the profile, before anything is built or sent."""
+    """Refuse a device that cannot stand for the profile, before anything is built or sent:
+    it needs numpy and the runtime of the catalogue's `baseline` recipe."""
     packages = facts["packages"]
-    for module, why in (("numpy", ""), (BASELINE_TARGET, ", the baseline of every speedup")):
+    for module, why in (("numpy", ""), (baseline.target, ", the baseline of every speedup")):
         if packages.get(module) is None:
             raise UnsupportedError(
                 f"{target}: {module} is not installed for {python}{why}: pip install {module}"
@@ -578,16 +574,20 @@ def calibration_from_timings(
     method: CalibrationMethod,
     skipped: Sequence[SkippedMeasurement],
     date: datetime,
+    baseline: Recipe,
     drift: Mapping[str, float] | None = None,
 ) -> Calibration:
-    """The calibration from time_graphs.py's results: speedups are ratios of medians.
-    `drift` (shape -> last/first - 1 of the baseline's two blocks) beyond DRIFT_LIMIT
-    becomes a note: the device slowed down (or sped up) while it was measured."""
+    """The calibration from time_graphs.py's results: speedups are ratios of medians, over
+    the catalogue's `baseline` recipe's entry. `drift` (shape -> last/first - 1 of the
+    baseline's two blocks) beyond DRIFT_LIMIT becomes a note: the device slowed down (or
+    sped up) while it was measured."""
     from edgeport import __version__
 
+    base_target, base_key = calibration_entry(baseline)
     skipped = list(skipped)
     notes = [
-        f"ONNX Runtime fp32 ran {abs(change):.0%} {'slower' if change > 0 else 'faster'} at "
+        f"{base_target} {base_key} (the baseline) ran {abs(change):.0%} "
+        f"{'slower' if change > 0 else 'faster'} at "
         f"the end of the {shape} timings than at their start: the device may throttle "
         "(heat) or be busy; these speedups are less certain, measure again cooled and idle"
         for shape, change in sorted((drift or {}).items())
@@ -605,13 +605,15 @@ def calibration_from_timings(
         for shape, ms in (result.get("shapes") or {}).items():
             if shape in latency and isinstance(ms, int | float) and ms > 0:
                 latency[shape].setdefault(target, {})[key] = float(ms)
-    base = {shape: latency[shape].get(BASELINE_TARGET, {}).get("fp32") for shape in latency}
+    base = {shape: latency[shape].get(base_target, {}).get(base_key) for shape in latency}
     if base["batch"] is None:
         failed = next(
-            (s.reason for s in skipped if s.target == BASELINE_TARGET and s.key == "fp32"),
+            (s.reason for s in skipped if s.target == base_target and s.key == base_key),
             "no timing came back",
         )
-        raise EdgeportError(f"ONNX Runtime fp32, the baseline, did not run on the device: {failed}")
+        raise EdgeportError(
+            f"{base_target} {base_key}, the baseline, did not run on the device: {failed}"
+        )
     tables: dict[str, dict[str, dict[str, float]]] = {
         "speedups": {},
         "speedups_vs_own_fp32": {},
@@ -667,9 +669,9 @@ def calibration_from_timings(
 
 
 def runtimes_to_measure(
-    profile: DeviceProfile, device_packages: Mapping[str, Any], python: str
+    profile: DeviceProfile, device_packages: Mapping[str, Any], python: str, baseline: Recipe
 ) -> tuple[list[str], list[SkippedMeasurement]]:
-    """The profile's runtimes to time (ONNX Runtime, the baseline, always), and why the
+    """The profile's runtimes to time (the `baseline` recipe's, always, first), and why the
     others are not: no reference graphs, not on the device, or this host cannot build them."""
     skipped: list[SkippedMeasurement] = []
     runtimes: list[str] = []
@@ -688,9 +690,9 @@ def runtimes_to_measure(
             runtimes.append(name)
             continue
         skipped.append(SkippedMeasurement(target=name, reason=reason))
-    if BASELINE_TARGET not in runtimes:
-        runtimes.append(BASELINE_TARGET)  # the baseline, even where the profile omits it
-    runtimes.sort(key=lambda name: name != BASELINE_TARGET)  # the baseline first
+    if baseline.target not in runtimes:
+        runtimes.append(baseline.target)  # the baseline, even where the profile omits it
+    runtimes.sort(key=lambda name: name != baseline.target)  # the baseline first
     return runtimes, skipped
 
 
@@ -708,9 +710,12 @@ def calibrate(
     timeout_s: float = RUN_TIMEOUT_S,
     progress: Progress | None = None,
 ) -> Calibration:
-    """Measure the profile's runtimes on the device at `target` (ssh://...)."""
+    """Measure the profile's runtimes on the device at `target` (ssh://...), as speedups over
+    the baseline recipe among `recipes` (the catalogue's)."""
     from edgeport import device
+    from edgeport.catalog import find_baseline
 
+    baseline = find_baseline(recipes)
     spec = spec or GraphSpec()
     progress = progress or _Quiet()
     ssh_target = device.parse_target(target)
@@ -738,9 +743,9 @@ def calibrate(
         timeout_s=device.PROBE_TIMEOUT_S,
     )
     facts = device.device_facts(raw)
-    check_calibration_device(profile, facts, str(ssh_target), python)
+    check_calibration_device(profile, facts, str(ssh_target), python, baseline)
 
-    runtimes, skipped = runtimes_to_measure(profile, facts["packages"], python)
+    runtimes, skipped = runtimes_to_measure(profile, facts["packages"], python, baseline)
     available = facts.get("cores") or profile.cpu.cores
     threads = threads or max(1, min(profile.cpu.cores, int(available)))
 
@@ -759,6 +764,8 @@ def calibrate(
                     "seed": spec.seed,
                     "flush_mb": FLUSH_MB,
                     "shapes": shapes,
+                    # time_graphs.py times it first and last (drift), as the yardstick.
+                    "baseline": list(calibration_entry(baseline)),
                     "graphs": [
                         {"target": g.target, "key": g.key, "file": g.file} for g in built.graphs
                     ],
@@ -792,6 +799,7 @@ def calibrate(
         method,
         [*skipped, *built.skipped],
         started,
+        baseline,
         drift=report.get("drift") or {},
     )
 

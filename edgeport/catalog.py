@@ -17,10 +17,16 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from edgeport.errors import BadInputError, CatalogError
-from edgeport.schemas import Calibration, DeviceProfile, Recipe, Target
+from edgeport.schemas import (
+    Calibration,
+    DeviceProfile,
+    GraphOptimization,
+    Recipe,
+    Target,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
 HOST_PROFILE_ID = "host"
 ENV_PROFILES_DIR = "EDGEPORT_PROFILES_DIR"
@@ -208,7 +214,8 @@ def format_validation_error(path: Path, error: ValidationError) -> list[str]:
         message = shorten(str(item["msg"]), 200)
         if item["type"] == "extra_forbidden":
             message = "unknown key"
-        elif item["type"] == "literal_error":
+        elif item["type"] in {"literal_error", "string_pattern_mismatch"}:
+            # A pattern alone does not show the contributor which of their values broke it.
             message = f"{message}, got {echo(item.get('input'))}"
         if bad_key:
             message = f"unknown key: {message}"
@@ -310,7 +317,13 @@ class Catalog:
     def calibration(self, profile_id: str) -> Calibration | None:
         """The measured speedups for a profile, validated, or None when it has none."""
         path = self.calibration_file(profile_id)
-        return None if path is None else load_calibration(path)
+        return None if path is None else load_calibration(path, self.baseline)
+
+    @property
+    def baseline(self) -> Recipe:
+        """The recipe every speed is measured against (`baseline: true`): its target's plain
+        fp32 export. load_catalog checks there is exactly one; asked, not assumed."""
+        return find_baseline(self.recipes.values())
 
     def profile(self, name: str) -> DeviceProfile:
         """A profile by id, `host` (probed now), or a path to a YAML file."""
@@ -367,9 +380,35 @@ def cross_reference_problems(
     return problems
 
 
-def calibration_problems(path: Path) -> tuple[Calibration | None, list[str]]:
+def find_baseline(recipes: Iterable[Recipe], sources: Mapping[str, Path] | None = None) -> Recipe:
+    """The one recipe marked `baseline: true`; a one-line CatalogError when there is none,
+    more than one, or it is not a plain fp32 export. `sources` (recipe id -> file) names
+    the files in the message."""
+    sources = sources or {}
+
+    def where(recipe: Recipe) -> str:
+        return str(sources.get(recipe.id, f"recipe {recipe.id}"))
+
+    marked = sorted((r for r in recipes if r.baseline), key=lambda r: r.id)
+    if len(marked) != 1:
+        found = ", ".join(where(r) for r in marked) or "none"
+        raise CatalogError(
+            "recipes: exactly one recipe must set `baseline: true` (what every speedup is "
+            f"relative to); found {found}"
+        )
+    baseline = marked[0]
+    if baseline.quantize.scheme != "none" or baseline.graph != GraphOptimization():
+        raise CatalogError(
+            f"{where(baseline)}: baseline: the baseline must be a plain fp32 export "
+            "(quantize.scheme none, no graph options)"
+        )
+    return baseline
+
+
+def calibration_problems(path: Path, baseline: Recipe) -> tuple[Calibration | None, list[str]]:
     """Parse and validate one calibration file: the schema, the profile named as the file
-    is, and tables that agree with each other; every problem as `file: field: reason`."""
+    is, and tables that agree with each other, relative to the catalogue's `baseline`
+    recipe; every problem as `file: field: reason`."""
     calibration, problems = problems_in_file(path, Calibration)
     if calibration is None:
         return None, problems
@@ -378,12 +417,12 @@ def calibration_problems(path: Path) -> tuple[Calibration | None, list[str]]:
             f"{path}: profile: {echo(calibration.profile)} must match the file name "
             f"{echo(path.stem)}"
         )
-    problems += [f"{path}: {problem}" for problem in calibration.problems()]
+    problems += [f"{path}: {problem}" for problem in calibration.problems(baseline)]
     return (None, problems) if problems else (calibration, [])
 
 
-def load_calibration(path: Path) -> Calibration:
-    calibration, problems = calibration_problems(path)
+def load_calibration(path: Path, baseline: Recipe) -> Calibration:
+    calibration, problems = calibration_problems(path, baseline)
     if calibration is None:
         more = f" (and {len(problems) - 1} more)" if problems[1:] else ""
         raise CatalogError(problems[0] + more)
@@ -454,6 +493,10 @@ def load_catalog(
             problems.append(f"{path}: target: unknown target {recipe.target!r}")
     if problems:
         raise CatalogError(problems[0])
+    find_baseline(
+        (recipe for _, recipe in recipes.values()),
+        {key: path for key, (path, _) in recipes.items()},
+    )
 
     catalog = Catalog(
         profiles={key: obj for key, (_, obj) in profiles.items()},

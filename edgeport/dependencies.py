@@ -13,6 +13,7 @@ _DISTRIBUTIONS = {
     "yaml": "pyyaml",
     "sklearn": "scikit-learn",
     "PIL": "pillow",
+    "skimage": "scikit-image",
     "cv2": "opencv-python",
     "google.protobuf": "protobuf",
     "optimum.intel": "optimum-intel",
@@ -28,6 +29,8 @@ _EXTRAS = {
     "openvino-tokenizers": "openvino",
     "nncf": "openvino",
     "optimum-intel": "openvino",
+    "pillow": "vision",
+    "scikit-image": "vision",
 }
 
 

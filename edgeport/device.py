@@ -53,7 +53,7 @@ from edgeport.errors import (
     UnsupportedError,
     VerificationError,
 )
-from edgeport.runners.verify_bundle import DEVICE_RUNS
+from edgeport.runners.ondevice import DEVICE_RUNS
 
 SCHEME = "ssh://"
 DEFAULT_PYTHON = "python3"
@@ -364,7 +364,7 @@ def check_device(
 
 
 def _load_manifest(bundle: Path) -> dict[str, Any]:
-    from edgeport.runners.verify_bundle import BundleError, load_manifest
+    from edgeport.runners.ondevice import BundleError, load_manifest
 
     try:
         return load_manifest(bundle)

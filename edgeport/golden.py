@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeport.runners.verify_bundle import GOLDEN_FILE, golden_keys
+from edgeport.runners.ondevice import GOLDEN_FILE, golden_keys
 from edgeport.schemas import GoldenSpec, Tolerance
 from edgeport.validate import DEFAULT_TOLERANCE
 
@@ -27,19 +27,15 @@ if TYPE_CHECKING:
 
 GOLDEN_SAMPLES = 6
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-# task -> (metric name as verify.py reports it, Tolerance field that gates it)
-TASK_THRESHOLDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "feature-extraction": (
-        ("embedding_cosine_min", "embedding_cosine_min"),
-        ("embedding_cosine_mean", "embedding_cosine_mean_min"),
-    ),
-    "text-classification": (("top1_agreement", "top1_agreement_min"),),
-    "token-classification": (("top1_agreement", "top1_agreement_min"),),
-    "fill-mask": (("top1_agreement", "top1_agreement_min"),),
-    "text-generation-with-past": (("next_token_agreement", "next_token_agreement_min"),),
-}
+# (metric name as verify.py reports it, Tolerance field that gates it): a family's gates.
+Gates = Sequence[tuple[str, str]]
 # Thresholds that validation applies even when the recipe sets none (validate.DEFAULT_TOLERANCE).
-_ALWAYS_GATED = {"embedding_cosine_min", "top1_agreement_min", "next_token_agreement_min"}
+_ALWAYS_GATED = {
+    "embedding_cosine_min",
+    "top1_agreement_min",
+    "logit_cosine_min",
+    "next_token_agreement_min",
+}
 # Language models: the golden output is the reference's next token at every position.
 NEXT_TOKEN = "next_token"
 # Built-in sample texts are kept in the manifest, cut to this length: every built-in
@@ -71,10 +67,11 @@ def _keep_texts(keep_texts: bool | None, sample_texts: Sequence[str]) -> bool:
     return are_builtin(sample_texts) if keep_texts is None else keep_texts
 
 
-def thresholds(task: str, tolerance: Tolerance) -> dict[str, float]:
-    """The thresholds validation gated on for this task, defaults filled in as it does."""
+def thresholds(gates: Gates, tolerance: Tolerance) -> dict[str, float]:
+    """The thresholds validation gated on (a family's gates for the task), defaults
+    filled in as validation fills them."""
     result: dict[str, float] = {}
-    for metric, field in TASK_THRESHOLDS.get(task, ()):
+    for metric, field in gates:
         value = getattr(tolerance, field)
         if value is None and field in _ALWAYS_GATED:
             value = getattr(DEFAULT_TOLERANCE, field)
@@ -115,6 +112,7 @@ def write_golden(
     model: ModelInfo,
     evaluation: Evaluation,
     texts: Sequence[str],
+    gates: Gates,
     tolerance: Tolerance,
     input_names: Sequence[str],
     output_names: Sequence[str],
@@ -130,8 +128,8 @@ def write_golden(
     MAX_GOLDEN_TEXT_CHARS) for edgeport's built-in samples, `sha256:<hex> (N chars)`
     for anything else. `keep_texts=None` decides by content (samples.are_builtin).
     """
-    gates = thresholds(model.task, tolerance)
-    if not gates or not texts:
+    limits = thresholds(gates, tolerance)
+    if not limits or not texts:
         return None
     singles = evaluation.batches[: len(texts)]
     lengths = [int(batch["input_ids"].shape[-1]) for batch in singles]
@@ -154,7 +152,7 @@ def write_golden(
         tokens=[lengths[i] for i in chosen],
         input_names=list(input_names),
         output_names=list(output_names),
-        thresholds=gates,
+        thresholds=limits,
         reference="outputs of the original PyTorch model on the build host",
     )
 
@@ -163,6 +161,7 @@ def write_decoder_golden(
     folder: Path,
     model: ModelInfo,
     evaluation: Evaluation,
+    gates: Gates,
     tolerance: Tolerance,
     sample_texts: Sequence[str] = (),
     keep_texts: bool | None = None,
@@ -174,8 +173,8 @@ def write_decoder_golden(
     windows' text only when the samples they were cut from (`sample_texts`) are edgeport's
     built-in ones (or `keep_texts` says so); otherwise each is `sha256:<hex> (N chars)`.
     """
-    gates = thresholds(model.task, tolerance)
-    if not gates or not evaluation.batches:
+    limits = thresholds(gates, tolerance)
+    if not limits or not evaluation.batches:
         return None
     name = evaluation.output_names[0]
     arrays: dict[str, np.ndarray] = {}
@@ -200,6 +199,6 @@ def write_decoder_golden(
         tokens=lengths,
         input_names=["input_ids", "attention_mask"],
         output_names=[NEXT_TOKEN],
-        thresholds=gates,
+        thresholds=limits,
         reference="next tokens (argmax) of the original PyTorch model on the build host",
     )

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from edgeport import __version__
+from edgeport.backends import get_backend
 from edgeport.schemas import CpuFeature, CpuSpec, DeviceProfile, RuntimeSupport
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
     from edgeport.schemas import Target
 
@@ -148,27 +149,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _onnxruntime_devices() -> list[str]:
-    import onnxruntime
-
-    return [str(name) for name in onnxruntime.get_available_providers()]
-
-
-def _openvino_devices() -> list[str]:
-    import openvino
-
-    # "GPU.0", "GPU.1" are instances of one device kind: the profile names the kind.
-    return [str(name).split(".")[0] for name in openvino.Core().available_devices]
-
-
-# How to ask each runtime which devices or execution providers it can use here. The
-# runtimes are imported only when probed: they are optional and slow to import.
-DEVICE_PROBES: dict[str, Callable[[], list[str]]] = {
-    "onnxruntime": _onnxruntime_devices,
-    "openvino": _openvino_devices,
-}
-
-
 def order_devices(reported: Iterable[str], target: Target) -> list[str]:
     """Devices the target knows, without duplicates, its CPU device first.
 
@@ -187,13 +167,13 @@ def installed_runtimes(targets: dict[str, Target]) -> list[RuntimeSupport]:
         module = target.device_packages[0].replace("-", "_")
         if importlib.util.find_spec(module) is None:
             continue
-        probe = DEVICE_PROBES.get(target.id)
         reported: list[str] = []
-        if probe is not None:
-            try:
-                reported = probe()
-            except Exception as exc:  # a broken runtime install: fall back to its CPU device
-                logger.debug("probing %s devices failed: %s", target.id, exc)
+        try:
+            # The target's backend knows how to ask its runtime; the runtime is imported
+            # only now, when probed: it is optional and slow to import.
+            reported = get_backend(target).host_devices()
+        except Exception as exc:  # a broken runtime or backend: fall back to its CPU device
+            logger.debug("probing %s devices failed: %s", target.id, exc)
         runtimes.append(RuntimeSupport(target=target.id, devices=order_devices(reported, target)))
     return runtimes
 

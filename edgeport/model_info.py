@@ -14,23 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from edgeport.errors import BadInputError, UnsupportedError
+from edgeport.families import family_for_task, normalise_task
 from edgeport.hub import PICKLE_WEIGHT_SUFFIXES, ResolvedModel, read_config, read_json_file
-from edgeport.schemas import Family, ModelDims, ModelInfo
+from edgeport.schemas import ModelDims, ModelInfo
 
-# Tasks edgeport can validate, mapped to the architecture family they belong to.
-# The names are optimum's task names, so `--task` accepts what optimum-cli accepts.
-SUPPORTED_TASKS: dict[str, Family] = {
-    "feature-extraction": "encoder",
-    "sentence-similarity": "encoder",
-    "text-classification": "encoder",
-    "token-classification": "encoder",
-    "fill-mask": "encoder",
-    "text-generation-with-past": "decoder",
-}
-TASK_ALIASES = {
-    "sentence-similarity": "feature-extraction",
-    "text-generation": "text-generation-with-past",
-}
 _DTYPE_BYTES = {
     "F64": 8,
     "F32": 4,
@@ -115,22 +102,30 @@ _ARCHITECTURE_TASKS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _is_image_backbone(folder: Path, config: dict[str, Any]) -> bool:
+    """A backbone that reads pixels: an image processor beside it and no tokenizer."""
+    has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
+    return (folder / "preprocessor_config.json").is_file() and not has_tokenizer
+
+
 def infer_task(folder: Path, config: dict[str, Any]) -> str:
     if (folder / "modules.json").is_file():
         return "feature-extraction"  # a sentence-transformers model
     for architecture in config.get("architectures") or []:
         for suffix, task in _ARCHITECTURE_TASKS:
             if str(architecture).endswith(suffix):
+                if task == "feature-extraction" and _is_image_backbone(folder, config):
+                    return "image-feature-extraction"
                 return task
     raise UnsupportedError("cannot infer the task from config.json architectures; pass --task")
 
 
-def normalise_task(task: str) -> str:
-    task = TASK_ALIASES.get(task, task)
-    if task not in SUPPORTED_TASKS:
-        supported = ", ".join(sorted(t for t in SUPPORTED_TASKS if t not in TASK_ALIASES))
-        raise UnsupportedError(f"task {task!r} is not supported yet (supported: {supported})")
-    return task
+def config_labels(folder: Path) -> dict[str, str]:
+    """id2label of config.json as strings: what run.py prints for a class index."""
+    labels = read_config(folder).get("id2label") or {}
+    if not isinstance(labels, dict):
+        raise BadInputError(f"{folder / 'config.json'}: id2label: expected an object")
+    return {str(key): str(value) for key, value in labels.items()}
 
 
 def _json_object(path: Path) -> dict[str, Any]:
@@ -143,7 +138,7 @@ def _json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def _sentence_transformers_settings(folder: Path) -> tuple[str | None, bool, int | None]:
+def sentence_transformers_settings(folder: Path) -> tuple[str | None, bool, int | None]:
     """Pooling mode, normalisation and max length from a sentence-transformers layout."""
     pooling: str | None = None
     normalize = False
@@ -280,16 +275,14 @@ def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo
         raise BadInputError(f"{config_path}: architectures: expected a list of class names")
     check_model_type(model_type, config_path, remote_code=bool(config.get("auto_map")))
     chosen_task = normalise_task(task or infer_task(folder, config))
-    family = SUPPORTED_TASKS[chosen_task]
+    family = family_for_task(chosen_task)
     if config.get("is_encoder_decoder"):
         raise UnsupportedError("encoder-decoder models are not supported yet")
     params, weight_bytes, dtype = count_weights(folder)
     dims = _dims(config)
 
-    pooling, normalize, st_max_length = _sentence_transformers_settings(folder)
-    if chosen_task == "feature-extraction" and pooling is None:
-        pooling = "mean"  # the usual choice for encoders without a pooling config
-    max_length = st_max_length or dims.max_positions or 512
+    family_fields = family.inspect(folder, config, chosen_task)
+    max_length = family_fields.pop("max_length", None) or dims.max_positions or 512
     if dims.max_positions:
         max_length = min(max_length, dims.max_positions)
 
@@ -301,7 +294,7 @@ def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo
         commit=resolved.commit,
         local_path=folder,
         task=chosen_task,
-        family=family,
+        family=family.id,
         model_type=str(model_type),
         architectures=list(architectures),
         parameter_count=params,
@@ -309,7 +302,6 @@ def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo
         weight_bytes=weight_bytes,
         files=files,
         dims=dims,
-        pooling=pooling or "none",
-        normalize_embeddings=normalize,
         max_length=int(max_length),
+        **family_fields,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
+from edgeport.families import family_of
 from edgeport.schemas import (
     INT8_DOT_FEATURES,
     Calibration,
@@ -40,23 +41,7 @@ DECODE_BANDWIDTH_EFFICIENCY = 0.5
 
 def estimate_activation_mb(model: ModelInfo, profile: DeviceProfile) -> float:
     """Peak activation memory of one inference at the profile's typical input size."""
-    dims = model.dims
-    hidden = dims.hidden_size or 768
-    heads = dims.num_attention_heads or 12
-    if model.family == "decoder":
-        layers = dims.num_layers or 12
-        kv_heads = dims.num_key_value_heads or heads
-        head_dim = dims.head_dim or hidden // heads
-        context = min(profile.context_length, dims.max_positions or profile.context_length)
-        kv_cache = 2 * layers * kv_heads * head_dim * context * 4
-        logits = (dims.vocab_size or 32000) * 4 * 2
-        return (kv_cache + logits + context * hidden * 4 * 8) / MIB
-    batch = profile.batch_size
-    seq = min(profile.sequence_length, model.max_length)
-    # Hidden states and the 4x feed-forward expansion, plus one attention score matrix.
-    hidden_states = batch * seq * hidden * 4 * 8
-    attention = batch * heads * seq * seq * 4 * 2
-    return (hidden_states + attention) / MIB
+    return family_of(model).estimate_activation_mb(model, profile)
 
 
 def for_device(recipe: Recipe, profile: DeviceProfile) -> Recipe:
@@ -86,7 +71,7 @@ def estimate_decode_tokens_per_s(
     model: ModelInfo, recipe: Recipe, profile: DeviceProfile, context: int = 0
 ) -> float | None:
     """Memory-bound decode speed on the device, or None without the profile's bandwidth."""
-    if model.family != "decoder" or profile.memory_bandwidth_gbs is None:
+    if not family_of(model).decodes or profile.memory_bandwidth_gbs is None:
         return None
     bandwidth = profile.memory_bandwidth_gbs * 1e9 * DECODE_BANDWIDTH_EFFICIENCY
     return bandwidth / decode_bytes_per_token(model, recipe, context)
@@ -177,7 +162,7 @@ def measured_speedup(
     """
     if calibration is None or device_is_accelerator(device):
         return None
-    decoder = model.family == "decoder"
+    decoder = family_of(model).decodes
     found = calibration.measured(recipe, decode=decoder)
     if found is None:
         return None
@@ -257,6 +242,17 @@ def plan(
             )
             continue
         device = runtime.devices[0]
+        scheme = recipe.quantize.scheme
+        if scheme not in target.schemes:
+            dropped.append(
+                _drop(
+                    recipe,
+                    "scheme",
+                    f"{target.name} cannot build {scheme} models "
+                    f"(its schemes: {', '.join(target.schemes)})",
+                )
+            )
+            continue
         precision = recipe.precision
         if precision not in target.precisions:
             dropped.append(_drop(recipe, "precision", f"{target.name} does not run {precision}"))
@@ -297,7 +293,7 @@ def plan(
             continue
         recipe = for_device(recipe, profile)
         size_mb = model.parameter_count * 4 / MIB * recipe.expect.size_factor
-        if model.family == "decoder":
+        if family_of(model).decodes:
             speedup = round(decode_speedup(model, recipe, profile), 2)
             decode = _decode_reason(model, recipe, profile)
             speed = f"{_speed_reason(recipe, features, speedup)}; {decode}"

@@ -64,7 +64,11 @@ def render_report(
     objective: str,
     tradeoff_image: str | None = None,
     speed_note: str = "",
+    *,
+    baseline: str,
 ) -> str:
+    """The bundle's report.md. `baseline` names the runtime and precision `vs fp32` divides
+    by (the catalogue's baseline recipe: "ONNX Runtime fp32")."""
     model = plan.model
     profile = plan.profile
     lines = [
@@ -97,9 +101,9 @@ def render_report(
         "",
         "Latency is the median of timed runs on the build host (not the device) with the "
         "device's thread count, capped at the host's cores; `vs fp32` divides by the plain "
-        "ONNX Runtime fp32 export (default session options) measured in the same run; for "
-        "candidates that passed it is the median of three back-to-back pairs (baseline, "
-        "candidate), which cancels the drift of background load.",
+        f"{baseline} export (default session options) measured in the same run; for candidates "
+        "that passed it is the median of three back-to-back pairs (baseline, candidate), "
+        "which cancels the drift of background load.",
         "",
     ]
     failing = [a for a in attempts if a.status != "passed"]

@@ -5,7 +5,7 @@ volatile ones, and the manifest itself less its timings (`manifest_sha256`): equ
 mean the same model, tokenizer, golden data, runtime settings and thresholds. Compare it
 across conversions (and across machines with the same library versions).
 
-The volatile files and fields are listed once, in edgeport/runners/verify_bundle.py, which
+The volatile files and fields are listed once, in edgeport/runners/ondevice.py, which
 every bundle carries as verify.py: the verifier recomputes both digests from its own copy
 of that list, never from the one the manifest describes.
 """
@@ -16,13 +16,13 @@ import json
 from collections.abc import Iterable, Sequence
 
 from edgeport.bundle import MANIFEST
-from edgeport.runners.verify_bundle import (
+from edgeport.runners.ondevice import (
     DEVICE_RUNS,
     VOLATILE_FIELDS,
     VOLATILE_FILES,
     manifest_digest,
 )
-from edgeport.runners.verify_bundle import content_digest as _content_digest
+from edgeport.runners.ondevice import content_digest as _content_digest
 from edgeport.schemas import FileEntry, Manifest, Reproducibility, VolatileFile
 
 # Why each volatile file differs between two conversions; one entry per VOLATILE_FILES.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import (
     AwareDatetime,
@@ -164,6 +164,12 @@ def device_is_accelerator(device: str) -> bool:
 
 # --------------------------------------------------------------------------- targets
 
+# Defined here, not with the recipes, because a Target declares the schemes it can build.
+QuantScheme = Literal["none", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight"]
+# "package.module:Class": checked for shape only; the module is imported when the backend is
+# first used, so loading the catalogue (or `edgeport plan`) never pays for a runtime import.
+BACKEND_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
 
 class Target(StrictModel):
     id: Slug
@@ -181,6 +187,21 @@ class Target(StrictModel):
     families: list[Family]
     runtime_overhead_mb: PositiveInt = Field(
         description="Resident memory of the runtime itself, before the model."
+    )
+    backend: str = Field(
+        pattern=BACKEND_PATTERN,
+        max_length=200,
+        description="The class that exports, builds and loads for this target, as "
+        "'package.module:Class' (imported only when used).",
+    )
+    schemes: list[QuantScheme] = Field(
+        min_length=1,
+        description="Quantisation schemes the backend can build; the planner drops recipes "
+        "that name another.",
+    )
+    runner: Slug = Field(
+        description="Runner flavour: the name under which the bundle's on-device code "
+        "loads this target's model files."
     )
 
     def install_command(self) -> str:
@@ -208,7 +229,6 @@ class GraphOptimization(StrictModel):
     )
 
 
-QuantScheme = Literal["none", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight"]
 # MatMulNBits' accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute.
 AccuracyLevel = Literal[0, 1, 2, 3, 4]
 
@@ -234,6 +254,11 @@ class Quantization(StrictModel):
     )
     ignored_patterns: list[str] = Field(
         default_factory=list, description="Regexes of node names to leave unquantised (NNCF)."
+    )
+    model_type: Literal["auto", "transformer", "cnn"] = Field(
+        default="auto",
+        description="int8-static (NNCF): the model type NNCF quantises for; auto: transformer "
+        "when the model has attention heads, else a convolutional network.",
     )
     smooth_quant_alpha: float | None = Field(
         default=None, ge=-1, le=1, description="int8-static (NNCF): SmoothQuant alpha; -1 off."
@@ -336,6 +361,9 @@ class Tolerance(StrictModel):
     embedding_cosine_min: float | None = Field(default=None, ge=-1, le=1)
     embedding_cosine_mean_min: float | None = Field(default=None, ge=-1, le=1)
     top1_agreement_min: float | None = Field(default=None, ge=0, le=1)
+    logit_cosine_min: float | None = Field(
+        default=None, ge=-1, le=1, description="Image classifiers: worst cosine of the logits."
+    )
     next_token_agreement_min: float | None = Field(default=None, ge=0, le=1)
     perplexity_increase_max: float | None = Field(default=None, ge=0)
     generation_match_min: float | None = Field(default=None, ge=0, le=1)
@@ -377,6 +405,14 @@ class Recipe(StrictModel):
     requires: Requirements = Requirements()
     tolerance: Tolerance = Tolerance()
     expect: Expectation
+    baseline: bool = Field(
+        default=False,
+        description="The yardstick of speed: every latency ratio (`vs fp32`), calibration "
+        "speedup and `expect.speedup` is relative to this recipe's target running its plain "
+        "fp32 export, measured on the target's first device. Exactly one recipe of a "
+        "catalogue is the baseline; it must be a plain export (scheme none, no graph "
+        "rewrites).",
+    )
 
     @property
     def precision(self) -> Precision:
@@ -404,9 +440,9 @@ CalibrationShape = Literal["batch", "decode"]
 Speedup = Annotated[float, Field(gt=0, lt=1000)]
 SpeedupTable = dict[Slug, dict[CalibrationKey, Speedup]]
 Milliseconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-# Every speedup a calibration gives the planner is relative to this runtime's fp32, as the
-# recipes' `expect.speedup` are.
-BASELINE_TARGET = "onnxruntime"
+# QDQ and QOperator are ONNX Runtime's two static int8 formats, and run different kernels
+# there: its calibrations time them apart.
+_ONNX_RUNTIME = "onnxruntime"
 # Speedups are written to 4 significant digits: tables agree within this.
 _AGREE_REL, _AGREE_ABS = 0.01, 0.002
 
@@ -417,9 +453,17 @@ def calibration_keys(recipe: Recipe) -> tuple[str, ...]:
     none), then its precision."""
     quantize = recipe.quantize
     keys: list[str] = ["fp32" if quantize.scheme == "none" else quantize.scheme, recipe.precision]
-    if quantize.scheme == "int8-static" and recipe.target == BASELINE_TARGET:
+    if quantize.scheme == "int8-static" and recipe.target == _ONNX_RUNTIME:
         keys.insert(0, f"int8-static-{quantize.format.lower()}")
     return tuple(dict.fromkeys(keys))
+
+
+def calibration_entry(recipe: Recipe) -> tuple[str, CalibrationKey]:
+    """(target, key): where a calibration's tables time `recipe`; for the catalogue's
+    baseline recipe, the entry every speedup divides by."""
+    # The first key is the scheme (fp32 for none) or ONNX Runtime's static int8 by format:
+    # always one of CalibrationKey's.
+    return recipe.target, cast(CalibrationKey, calibration_keys(recipe)[0])
 
 
 class MeasuredOn(StrictModel):
@@ -509,10 +553,12 @@ class Calibration(StrictModel):
         cpu = self.measured_on.cpu or self.profile
         return f"{cpu} (calibration {self.date.astimezone(UTC):%Y-%m-%d})"
 
-    def problems(self) -> list[str]:
+    def problems(self, baseline: Recipe) -> list[str]:
         """`field: reason` for tables that disagree with each other (the schema checks the
-        rest): ONNX Runtime fp32 is 1, each runtime's own fp32 is 1, the speedups are the
-        ratios of the latencies, and speedups_vs_own_fp32 = speedups / that runtime's fp32."""
+        rest): the entry of the catalogue's `baseline` recipe is 1, each runtime's own fp32
+        is 1, the speedups are the ratios of the latencies, and speedups_vs_own_fp32 =
+        speedups / that runtime's fp32."""
+        base_target, base_key = calibration_entry(baseline)
         problems: list[str] = []
 
         def check(where: str, value: float, expected: float, why: str) -> None:
@@ -520,9 +566,9 @@ class Calibration(StrictModel):
                 problems.append(f"{where}: {value:g} disagrees with {why} ({expected:.3g})")
 
         for name, table in (("speedups", self.speedups), ("decode_speedups", self.decode_speedups)):
-            base = table.get(BASELINE_TARGET, {}).get("fp32")
+            base = table.get(base_target, {}).get(base_key)
             if base is not None:
-                check(f"{name}.{BASELINE_TARGET}.fp32", base, 1.0, "the baseline itself")
+                check(f"{name}.{base_target}.{base_key}", base, 1.0, "the baseline itself")
         for target, row in self.speedups_vs_own_fp32.items():
             for key, value in row.items():
                 own = self.speedups.get(target, {}).get("fp32")
@@ -540,7 +586,7 @@ class Calibration(StrictModel):
         )
         for shape, name, table in shapes:
             latency = self.latency_ms.get(shape, {})
-            base_ms = latency.get(BASELINE_TARGET, {}).get("fp32")
+            base_ms = latency.get(base_target, {}).get(base_key)
             for target, row in table.items():
                 for key, value in row.items():
                     ms = latency.get(target, {}).get(key)
@@ -615,7 +661,7 @@ class Candidate(StrictModel):
         return f"{self.recipe.id}@{self.device}"
 
 
-DropCode = Literal["target", "runtime", "family", "isa", "precision", "memory", "extra"]
+DropCode = Literal["target", "runtime", "family", "scheme", "isa", "precision", "memory", "extra"]
 
 
 class DroppedCandidate(StrictModel):
@@ -720,14 +766,23 @@ class RuntimeSpec(StrictModel):
     """What the on-device runner needs to know; read by run.py from manifest.json."""
 
     target: str
+    runner: str = Field(
+        default="",
+        description="How ondevice.py loads the model (the target's runner flavour); "
+        "bundles written before it existed use `target`.",
+    )
     device: str
     task: str
     model_file: str
     input_names: list[str]
     output_names: list[str]
-    pooling: str
-    normalize_embeddings: bool
-    max_length: int
+    # Text: how embeddings are pooled and inputs truncated; other families leave them.
+    pooling: str = "none"
+    normalize_embeddings: bool = False
+    max_length: int = 0
+    # Vision: the image processor's settings file, and the output an embedding comes from.
+    preprocessor: str | None = None
+    embedding_output: str | None = None
     threads: int
     precision: Precision
     pad_token_id: int = 0

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
+from edgeport.errors import UnsupportedError
 from edgeport.planner import Objective
 from edgeport.schemas import Attempt, Candidate, CpuSpec, DeviceProfile
 from edgeport.validate import primary_metric
@@ -23,6 +25,10 @@ PRUNE_MARGIN = 1.5
 # Objective "size": candidates at most this much larger than the smallest passing one
 # count as equally small, and the fastest of them wins.
 SIZE_BAND = 1.05
+
+# passed: the winner passed its tolerance; degraded: none did and the user accepted the
+# most accurate one anyway; failed: none did, nothing ships.
+Verdict = Literal["passed", "degraded", "failed"]
 
 
 def attempt_key(recipe_id: str, variant: str) -> str:
@@ -176,3 +182,26 @@ def choose(
 def best_failed(attempts: Sequence[Attempt]) -> Attempt | None:
     measured = [a for a in attempts if a.status == "failed" and a.validation and a.measurement]
     return max(measured, key=_accuracy) if measured else None
+
+
+def verdict_for(
+    attempts: Sequence[Attempt],
+    objective: Objective,
+    basis: SpeedBasis | None = None,
+    *,
+    accept_degraded: bool,
+) -> tuple[Attempt | None, Verdict]:
+    """What ships, and why: the winner among passing candidates; else, only when the user
+    accepts degradation, the most accurate failed one; else nothing.
+
+    Raises UnsupportedError when no candidate even ran to validation (each one's error is
+    in the message): that is not an accuracy verdict but a model edgeport cannot convert.
+    """
+    chosen = choose(attempts, objective, basis)
+    if chosen is not None:
+        return chosen, "passed"
+    if not any(a.status == "failed" for a in attempts):
+        errors = "; ".join(f"{a.recipe_id}: {a.detail}" for a in attempts)
+        raise UnsupportedError(f"every candidate failed to convert: {errors}")
+    degraded = best_failed(attempts) if accept_degraded else None
+    return (degraded, "degraded") if degraded is not None else (None, "failed")

@@ -53,7 +53,12 @@ def tokenizer_files(folder: Path) -> list[Path]:
     return [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
 
 
-def pad_token_id(folder: Path, tokenizer: Any) -> int:
+def pad_token_id(folder: Path, tokenizer: Any = None) -> int:
+    """The pad token's id from tokenizer_config.json (0 when it names none)."""
+    if tokenizer is None:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     config_path = folder / "tokenizer_config.json"
     if config_path.is_file():
         from edgeport.hub import read_json_file

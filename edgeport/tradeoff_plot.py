@@ -24,9 +24,15 @@ def _scale(value: float, low: float, high: float, start: float, end: float) -> f
 
 
 def render_tradeoff_svg(
-    attempts: list[Attempt], chosen: Attempt | None, metric: str, threshold: float | None
+    attempts: list[Attempt],
+    chosen: Attempt | None,
+    metric: str,
+    threshold: float | None,
+    *,
+    baseline: str,
 ) -> str | None:
-    """Latency ratio (x) against the task metric (y); None when fewer than two points."""
+    """Latency ratio (x) against the task metric (y); None when fewer than two points.
+    `baseline` names what the ratios divide by (the catalogue's: "ONNX Runtime fp32")."""
     points = []
     for attempt in attempts:
         if attempt.latency_ratio is None or attempt.validation is None:
@@ -58,7 +64,7 @@ def render_tradeoff_svg(
         'stroke="black"/>',
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{HEIGHT - BOTTOM}" stroke="black"/>',
         f'<text x="{(LEFT + plot_right) / 2}" y="{HEIGHT - 12}" text-anchor="middle">'
-        "latency relative to ONNX Runtime fp32 (lower is faster)</text>",
+        f"latency relative to {escape(baseline)} (lower is faster)</text>",
         f'<text x="16" y="{(TOP + HEIGHT - BOTTOM) / 2}" text-anchor="middle" '
         f'transform="rotate(-90 16 {(TOP + HEIGHT - BOTTOM) / 2})">{escape(metric)}</text>',
     ]

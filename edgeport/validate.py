@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeport.runners import ondevice
 from edgeport.schemas import MetricResult, ModelInfo, OutputComparison, Tolerance, ValidationReport
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ Outputs = dict[str, np.ndarray]
 DEFAULT_TOLERANCE = Tolerance(
     embedding_cosine_min=0.99,
     top1_agreement_min=0.98,
+    logit_cosine_min=0.99,
     next_token_agreement_min=0.90,
     perplexity_increase_max=0.05,
 )
@@ -71,26 +73,9 @@ class ReferenceModel:
         return generated
 
 
-def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
-    """Sentence embedding from token states, as sentence-transformers computes it."""
-    hidden = hidden.astype(np.float64)
-    weights = mask[..., None].astype(np.float64)
-    if mode == "cls":
-        pooled = hidden[:, 0]
-    elif mode == "max":
-        pooled = np.where(weights > 0, hidden, -np.inf).max(axis=1)
-    else:
-        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-    if normalize:
-        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12, None)
-    return pooled
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return np.asarray((a * b).sum(axis=-1) / np.clip(norms, 1e-12, None))
+# The bundle's verify.py computes the task metrics with these same functions.
+pool = ondevice.pool
+cosine_rows = ondevice.cosine_rows
 
 
 @dataclass(frozen=True)
@@ -117,7 +102,7 @@ def _threshold(tolerance: Tolerance, field: str) -> tuple[float, bool]:
     return float(value), False
 
 
-def _metric(
+def gated_metric(
     name: str, value: float, tolerance: Tolerance, field: str, higher: bool
 ) -> tuple[MetricResult, str | None]:
     threshold, defaulted = _threshold(tolerance, field)
@@ -147,9 +132,12 @@ def compare(
     evaluation: Evaluation,
     candidate: Sequence[Mapping[str, np.ndarray]],
     tolerance: Tolerance,
+    metrics_of: TaskMetrics,
     generations: Sequence[Sequence[int]] = (),
 ) -> ValidationReport:
-    """`generations`: the candidate's greedy continuations of `evaluation.prompts`."""
+    """Names, shapes and values of every output, then the family's task metrics
+    (`metrics_of`). `generations`: the candidate's greedy continuations of
+    `evaluation.prompts`."""
     failures: list[str] = []
     notes: list[str] = list(evaluation.notes)
     comparisons: list[OutputComparison] = []
@@ -195,7 +183,7 @@ def compare(
 
     metrics: list[MetricResult] = []
     if not failures:
-        results = TASK_METRICS[model.task](model, evaluation, candidate, tolerance, generations)
+        results = metrics_of(model, evaluation, candidate, tolerance, generations)
         for metric, note in results:
             metrics.append(metric)
             if note:
@@ -219,7 +207,7 @@ def compare(
 MetricList = list[tuple[MetricResult, str | None]]
 
 
-def _embedding_metrics(
+def embedding_metrics(
     model: ModelInfo,
     evaluation: Evaluation,
     candidate: Sequence[Mapping[str, np.ndarray]],
@@ -235,14 +223,16 @@ def _embedding_metrics(
         cosines.append(cosine_rows(expected, actual))
     values = np.concatenate(cosines)
     results = [
-        _metric(
+        gated_metric(
             "embedding_cosine_min", float(values.min()), tolerance, "embedding_cosine_min", True
         )
     ]
     mean = float(values.mean())
     if tolerance.embedding_cosine_mean_min is not None:
         results.append(
-            _metric("embedding_cosine_mean", mean, tolerance, "embedding_cosine_mean_min", True)
+            gated_metric(
+                "embedding_cosine_mean", mean, tolerance, "embedding_cosine_mean_min", True
+            )
         )
     else:
         results.append(
@@ -260,7 +250,7 @@ def _embedding_metrics(
     return results
 
 
-def _top1_metrics(
+def top1_metrics(
     model: ModelInfo,
     evaluation: Evaluation,
     candidate: Sequence[Mapping[str, np.ndarray]],
@@ -275,7 +265,9 @@ def _top1_metrics(
         actual = _valid_positions(feeds, np.asarray(cand[name])).argmax(axis=-1)
         agree += int((expected == actual).sum())
         total += int(expected.size)
-    return [_metric("top1_agreement", agree / max(total, 1), tolerance, "top1_agreement_min", True)]
+    return [
+        gated_metric("top1_agreement", agree / max(total, 1), tolerance, "top1_agreement_min", True)
+    ]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -299,7 +291,7 @@ def _ungated(name: str, value: float, higher: bool) -> tuple[MetricResult, str |
     ), None
 
 
-def _decoder_metrics(
+def decoder_metrics(
     model: ModelInfo,
     evaluation: Evaluation,
     candidate: Sequence[Mapping[str, np.ndarray]],
@@ -323,14 +315,14 @@ def _decoder_metrics(
     ppl_reference = float(np.exp(np.concatenate(nll_reference).mean()))
     ppl_candidate = float(np.exp(np.concatenate(nll_candidate).mean()))
     results = [
-        _metric(
+        gated_metric(
             "next_token_agreement",
             agree / max(total, 1),
             tolerance,
             "next_token_agreement_min",
             True,
         ),
-        _metric(
+        gated_metric(
             "perplexity_increase",
             ppl_candidate / ppl_reference - 1.0,
             tolerance,
@@ -354,7 +346,7 @@ def _decoder_metrics(
             results.append(_ungated("generation_match", match, True))
         else:
             results.append(
-                _metric("generation_match", match, tolerance, "generation_match_min", True)
+                gated_metric("generation_match", match, tolerance, "generation_match_min", True)
             )
     return results
 
@@ -363,13 +355,6 @@ TaskMetrics = Callable[
     [ModelInfo, Evaluation, Sequence[Mapping[str, np.ndarray]], Tolerance, Sequence[Sequence[int]]],
     MetricList,
 ]
-TASK_METRICS: dict[str, TaskMetrics] = {
-    "feature-extraction": _embedding_metrics,
-    "text-classification": _top1_metrics,
-    "token-classification": _top1_metrics,
-    "fill-mask": _top1_metrics,
-    "text-generation-with-past": _decoder_metrics,
-}
 
 
 def primary_metric(report: ValidationReport) -> float:

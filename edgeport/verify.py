@@ -24,20 +24,6 @@ VERIFY_SCRIPT = "verify.py"
 VERIFY_TEMPLATE = "verify_bundle.py"
 
 
-def check_bundle_files(bundle: Path) -> list[str]:
-    """Integrity only (no runtime needed): one line per changed, missing or extra file."""
-    try:
-        manifest = verify_bundle.load_manifest(bundle)
-    except verify_bundle.BundleError as exc:
-        raise BadInputError(str(exc)) from exc
-    # An edited manifest (tolerance, runtime settings) is as corrupt as an edited model.
-    failures: list[str] = (
-        verify_bundle.check_manifest(manifest)["failures"]
-        + verify_bundle.check_files(bundle, manifest)["failures"]
-    )
-    return failures
-
-
 def verify(
     path: Path, *, runs: int = verify_bundle.DEFAULT_RUNS, threads: int | None = None
 ) -> dict[str, Any]:

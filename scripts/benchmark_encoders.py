@@ -32,7 +32,8 @@ from pathlib import Path
 
 from edgeport.backends import Artifact, ExportedModel, Feeds, get_backend
 from edgeport.bench import measure
-from edgeport.catalog import load_catalog
+from edgeport.catalog import load_catalog, load_targets
+from edgeport.families.text_encoder import TextEncoder as EncoderWorkload
 from edgeport.host import available_cores, features_from_cpuinfo
 from edgeport.hub import resolve
 from edgeport.model_info import inspect_model
@@ -41,7 +42,6 @@ from edgeport.samples import builtin_texts
 from edgeport.schemas import Candidate, ModelInfo, Recipe, Tolerance
 from edgeport.text_inputs import prepare_tokenizer
 from edgeport.validate import ReferenceModel
-from edgeport.workloads import EncoderWorkload
 
 
 def artifact_of(directory: Path, model_file: str) -> Artifact:
@@ -111,7 +111,7 @@ def edgeport_recipe(
         estimated_speedup=1.0,
         reason="benchmark row",
     )
-    built = get_backend(recipe.target).build(exported, candidate, info, calibration, out)
+    built = get_backend(target).build(exported, candidate, info, calibration, out)
     return artifact_of(built.directory, built.model_file)  # sized like the other rows
 
 
@@ -132,7 +132,8 @@ def main() -> int:
     rows: list[tuple[str, str, Artifact]] = []
     with tempfile.TemporaryDirectory(prefix="edgeport-bench-") as tmp:
         work = Path(tmp)
-        ort_backend = get_backend("onnxruntime")
+        targets = load_targets()
+        ort_backend = get_backend(targets["onnxruntime"])
         exported = ort_backend.export(info, work / "onnx", trust_remote_code=False)
         tokenizer_dir = prepare_tokenizer(info, work, trust_remote_code=False)
         prepared = workload.prepare(
@@ -208,7 +209,7 @@ def main() -> int:
         if shipped.graph.remove_padding:
             padded = with_padding(shipped)
             with contextlib.redirect_stdout(sys.stderr):
-                own_export = get_backend(shipped.target).export(
+                own_export = get_backend(targets[shipped.target]).export(
                     info, work / "edgeport-export", trust_remote_code=False
                 )
                 rows.append(
@@ -226,7 +227,7 @@ def main() -> int:
         baseline = rows[0][2]
         table = []
         for name, target, artifact in rows:
-            backend = get_backend(target)
+            backend = get_backend(targets[target])
             session = backend.load(
                 artifact, "CPU" if target == "openvino" else "CPUExecutionProvider", args.threads
             )
@@ -234,8 +235,8 @@ def main() -> int:
             del session
             # Back-to-back (baseline, row) pairs: background load drifts, pairs cancel it.
             ratios = sorted(
-                measure(artifact, target, "CPU", args.threads, feeds).latency_ms
-                / measure(baseline, "onnxruntime", "CPU", args.threads, feeds).latency_ms
+                measure(artifact, targets[target], "CPU", args.threads, feeds).latency_ms
+                / measure(baseline, targets["onnxruntime"], "CPU", args.threads, feeds).latency_ms
                 for _ in range(args.rounds)
             )
             size = sum((artifact.directory / f).stat().st_size for f in artifact.files)

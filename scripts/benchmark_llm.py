@@ -13,7 +13,7 @@ For the same model, the same prompt and the same validation texts, it builds
 and measures each on this host with edgeport's own tools: greedy decoding speed with the
 KV cache (tokens/s), time to first token and peak memory (bench.py, one child process per
 model), size of the model files, and the validation metrics against PyTorch (next-token
-agreement, perplexity increase, generation match; workloads.DecoderWorkload). Every
+agreement, perplexity increase, generation match; families/text_generation.py). Every
 number is also printed as a ratio against the fp32 baseline. Not a test: it takes minutes.
 
 With `--bundle RECIPE@PROFILE` (repeatable) it instead converts the model once per pair with
@@ -119,20 +119,22 @@ def edgeport_bundle(model: Path, profile: str, out: Path) -> Contender:
 def measure(contender: Contender, prepared: Any, info: Any, threads: int) -> dict[str, Any]:
     from edgeport.backends import Artifact, get_backend
     from edgeport.bench import measure as bench
+    from edgeport.catalog import load_targets
+    from edgeport.families.text_generation import TextGeneration as DecoderWorkload
     from edgeport.schemas import Tolerance
-    from edgeport.workloads import DecoderWorkload
 
     artifact = Artifact(contender.directory, contender.model_file, tuple(contender.files), (), ())
     device = "CPU" if contender.target == "openvino" else "CPUExecutionProvider"
+    target = load_targets()[contender.target]
     measured = bench(
         artifact,
-        contender.target,
+        target,
         device,
         threads,
         prepared.bench.feeds,
         new_tokens=prepared.bench.new_tokens,
     )
-    session = get_backend(contender.target).load(artifact, device, threads)
+    session = get_backend(target).load(artifact, device, threads)
     report = DecoderWorkload().validate(info, session, prepared.evaluation, Tolerance())
     metrics = {m.name: m.value for m in report.metrics}
     return {
@@ -405,12 +407,12 @@ def main() -> int:
     print(f"host: {host_cpu()}; {args.threads} threads")
     profiles = args.profile or ["raspberry-pi-5", "intel-n100"]
 
+    from edgeport.families.text_generation import TextGeneration as DecoderWorkload
     from edgeport.hub import resolve
     from edgeport.model_info import inspect_model
     from edgeport.samples import load_samples
     from edgeport.text_inputs import prepare_tokenizer
     from edgeport.validate import ReferenceModel
-    from edgeport.workloads import DecoderWorkload
 
     with tempfile.TemporaryDirectory(prefix="edgeport-llm-bench-") as tmp:
         work = args.workdir or Path(tmp)

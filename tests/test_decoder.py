@@ -20,7 +20,7 @@ from edgeport.hub import resolve
 from edgeport.model_info import inspect_model
 from edgeport.planner import plan
 from edgeport.schemas import ModelDims, ModelInfo, Tolerance
-from edgeport.validate import Evaluation, ReferenceModel, compare
+from edgeport.validate import Evaluation, ReferenceModel, compare, decoder_metrics
 
 CATALOG = load_catalog()
 ALL_TARGETS = frozenset(CATALOG.targets)
@@ -137,14 +137,18 @@ def test_decoder_metrics() -> None:
         files=[],
     )
     tolerance = Tolerance(next_token_agreement_min=0.9, perplexity_increase_max=0.02)
-    same = compare(info, evaluation, [{"logits": logits}], tolerance, [[3, 4, 5, 6]])
+    same = compare(
+        info, evaluation, [{"logits": logits}], tolerance, decoder_metrics, [[3, 4, 5, 6]]
+    )
     assert same.passed
     values = {m.name: m.value for m in same.metrics}
     assert values["next_token_agreement"] == 1.0
     assert abs(values["perplexity_increase"]) < 1e-9
     assert values["generation_match"] == 1.0
     noisy = logits + 3 * rng.standard_normal(logits.shape).astype(np.float32)
-    worse = compare(info, evaluation, [{"logits": noisy}], tolerance, [[3, 4, 0, 0]])
+    worse = compare(
+        info, evaluation, [{"logits": noisy}], tolerance, decoder_metrics, [[3, 4, 0, 0]]
+    )
     assert not worse.passed
     assert {m.name: m.value for m in worse.metrics}["generation_match"] == 0.5
     assert any("next_token_agreement" in f for f in worse.failures)

@@ -27,7 +27,7 @@ from loopback_sshd import Device, free_port, serve
 
 from edgeport import device
 from edgeport.errors import BadInputError, UnsupportedError, VerificationError
-from edgeport.runners import verify_bundle
+from edgeport.runners import ondevice
 
 # ISA features an x86 host may lack; the first this CPU lacks makes an unfit bundle.
 RARE_FEATURES = ("amx_int8", "amx_bf16", "avx512_fp16", "avx_vnni", "avx512_vnni")
@@ -55,7 +55,7 @@ def unfit_bundle(ort_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     if missing is None:
         pytest.skip(f"this CPU has every one of {RARE_FEATURES}")
     bundle = copy_bundle(ort_bundle, tmp_path_factory.mktemp("unfit") / "tiny-unfit")
-    shutil.rmtree(bundle / verify_bundle.DEVICE_RUNS, ignore_errors=True)
+    shutil.rmtree(bundle / ondevice.DEVICE_RUNS, ignore_errors=True)
     manifest = read_manifest(bundle)
     manifest["profile"]["cpu"]["features"].append(missing)
     write_bundle_manifest(bundle, reseal(manifest))
@@ -186,8 +186,7 @@ def test_device_runs_are_outside_the_bundle(ort_bundle: Path, tmp_path: Path) ->
     """Both verifiers ignore device-runs/, archives leave it out, the manifest calls it volatile."""
     import tarfile
 
-    from edgeport.archive import pack
-    from edgeport.verify import check_bundle_files
+    from edgeport.archive import check_bundle_files, pack
 
     bundle = copy_bundle(ort_bundle, tmp_path / "bundle")
     (bundle / "device-runs").mkdir(exist_ok=True)

@@ -7,6 +7,8 @@ import importlib.util
 import pytest
 
 from edgeport import host
+from edgeport.backends.onnxruntime import OnnxRuntimeBackend
+from edgeport.backends.openvino import OpenVinoBackend
 from edgeport.catalog import load_catalog
 
 TARGETS = load_catalog().targets
@@ -73,8 +75,13 @@ def test_devices_keep_known_ones_cpu_first() -> None:
 def test_openvino_device_instances_collapse_to_their_kind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(host.DEVICE_PROBES, "openvino", lambda: ["GPU", "GPU", "NPU", "CPU"])
-    monkeypatch.setitem(host.DEVICE_PROBES, "onnxruntime", lambda: ["CPUExecutionProvider"])
+    # The seam is each backend's host_devices, reached through the target's `backend`.
+    monkeypatch.setattr(
+        OpenVinoBackend, "host_devices", staticmethod(lambda: ["GPU", "GPU", "NPU", "CPU"])
+    )
+    monkeypatch.setattr(
+        OnnxRuntimeBackend, "host_devices", staticmethod(lambda: ["CPUExecutionProvider"])
+    )
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
     runtimes = {r.target: r.devices for r in host.installed_runtimes(TARGETS)}
     assert runtimes["openvino"] == ["CPU", "GPU", "NPU"]
@@ -84,7 +91,7 @@ def test_a_broken_runtime_falls_back_to_its_cpu_device(monkeypatch: pytest.Monke
     def broken() -> list[str]:
         raise RuntimeError("driver missing")
 
-    monkeypatch.setitem(host.DEVICE_PROBES, "onnxruntime", broken)
+    monkeypatch.setattr(OnnxRuntimeBackend, "host_devices", staticmethod(broken))
     runtimes = {r.target: r.devices for r in host.installed_runtimes(TARGETS)}
     assert runtimes["onnxruntime"] == ["CPUExecutionProvider"]
 

@@ -16,7 +16,7 @@ import pytest
 from bundle_fixtures import copy_bundle, read_manifest, reseal, tiny_bundle_once, write_manifest
 
 from edgeport.bundle import sha256_file
-from edgeport.runners import verify_bundle
+from edgeport.runners import ondevice
 from edgeport.verify import verify
 
 MODIFIED = "manifest.json was modified after conversion"
@@ -156,14 +156,14 @@ def test_volatile_timings_and_report_may_change(tampered: Path) -> None:
 
 def test_digest_ignores_formatting_but_not_values(bundle: Path) -> None:
     manifest = read_manifest(bundle)
-    digest = verify_bundle.manifest_digest(manifest)
+    digest = ondevice.manifest_digest(manifest)
     assert digest == manifest["reproducibility"]["manifest_sha256"]
     reordered = json.loads(json.dumps(dict(reversed(list(manifest.items())))))
-    assert verify_bundle.manifest_digest(reordered) == digest
+    assert ondevice.manifest_digest(reordered) == digest
     _timings(reordered)
-    assert verify_bundle.manifest_digest(reordered) == digest
+    assert ondevice.manifest_digest(reordered) == digest
     _threshold(reordered)
-    assert verify_bundle.manifest_digest(reordered) != digest
+    assert ondevice.manifest_digest(reordered) != digest
 
 
 # --------------------------------------------------------------------------- paths
@@ -232,39 +232,27 @@ def test_links_out_of_the_bundle_are_refused(tampered: Path) -> None:
         assert "outside the bundle" in result.stdout + result.stderr
 
 
-def test_run_py_checks_through_the_bundles_verify_py(tampered: Path) -> None:
+def test_run_py_checks_through_the_bundles_ondevice_py(tampered: Path) -> None:
     ok = run_script(tampered, "run.py", "hello world")
     assert ok.returncode == 0, ok.stderr
     assert len(json.loads(ok.stdout)["results"]) == 1
     assert not (tampered / "__pycache__").exists()  # the bundle folder stays as shipped
 
-    (tampered / "verify.py").unlink()
+    (tampered / "ondevice.py").unlink()
     missing = run_script(tampered, "run.py", "hello world")
     assert missing.returncode == 2 and missing.stdout == ""
-    assert missing.stderr.strip() == (
-        "run.py: no verify.py beside run.py to check manifest.json; copy the whole bundle"
-    )
+    assert missing.stderr.strip() == "run.py: no ondevice.py beside run.py; copy the whole bundle"
 
 
-def test_every_runner_checks_the_manifest_the_same_way() -> None:
-    """run.py may not import edgeport: each runner carries the same few lines that load
-    the bundle's verify.py, and they must not drift apart."""
-    import ast
-
-    runners = Path(verify_bundle.__file__).parent
-    sources = {}
-    for name in (
-        "onnxruntime_encoder",
-        "openvino_encoder",
-        "onnxruntime_decoder",
-        "openvino_decoder",
-    ):
-        text = (runners / f"{name}.py").read_text(encoding="utf-8")
-        functions = {
-            node.name: ast.get_source_segment(text, node)
-            for node in ast.parse(text).body
-            if isinstance(node, ast.FunctionDef) and node.name in {"load_manifest", "refuse"}
-        }
-        assert set(functions) == {"load_manifest", "refuse"}, name
-        sources[name] = functions
-    assert len({json.dumps(f, sort_keys=True) for f in sources.values()}) == 1
+def test_every_runner_loads_the_bundles_own_ondevice_module() -> None:
+    """run.py may not import edgeport: each runner imports the ondevice.py beside it, the
+    one copy of the code a bundle runs, with the same few lines."""
+    runners = Path(ondevice.__file__).parent
+    blocks = set()
+    for path in sorted(runners.glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if "ondevice.runner_manifest(HERE)" not in text:
+            continue
+        start = text.index("HERE = Path(__file__)")
+        blocks.add(text[start : text.index("raise SystemExit(2) from exc", start)])
+    assert len(blocks) == 1

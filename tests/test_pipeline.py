@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from test_planner import ALL_TARGETS, CATALOG, MINILM_INFO
 
-from edgeport import pipeline
+from edgeport import evaluation, pipeline
 from edgeport.backends import ExportedModel
 from edgeport.errors import DoesNotFitError, UnsupportedError
+from edgeport.families import BenchWorkload
 from edgeport.planner import plan
+from edgeport.progress import SilentProgress
 from edgeport.validate import Evaluation
-from edgeport.workloads import BenchWorkload
 
 
 class _BackendMissingAModule:
@@ -28,7 +29,7 @@ class _BackendMissingAModule:
 def test_candidate_missing_a_module_says_which_package_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(pipeline, "get_backend", lambda target_id: _BackendMissingAModule())
+    monkeypatch.setattr(evaluation, "get_backend", lambda target: _BackendMissingAModule())
     the_plan = plan(
         MINILM_INFO,
         CATALOG.profile("raspberry-pi-5"),
@@ -37,17 +38,17 @@ def test_candidate_missing_a_module_says_which_package_to_install(
         ALL_TARGETS,
     )
     exported = ExportedModel("onnxruntime", tmp_path, "model.onnx", ("input_ids",), ("out",))
-    evaluation = Evaluation([], [], ("out",), 0, 0)
-    evaluator = pipeline.CandidateEvaluator(
+    evaluator = evaluation.CandidateEvaluator(
         MINILM_INFO,
-        evaluation,
+        Evaluation([], [], ("out",), 0, 0),
         [],
         BenchWorkload({"input_ids": np.zeros((1, 4), dtype=np.int64)}),
         1,
         tmp_path,
         False,
-        pipeline.SilentProgress(),
+        SilentProgress(),
         exports={"onnxruntime": exported},
+        baseline=CATALOG.target(CATALOG.baseline.target),
     )
     attempt = evaluator.evaluate(the_plan.candidates[0], None)
     assert attempt.status == "error"

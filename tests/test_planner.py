@@ -90,6 +90,27 @@ def test_host_targets_sees_onnxruntime() -> None:
     assert "onnxruntime" in host_targets(CATALOG.targets.values())
 
 
+def test_recipe_with_a_scheme_its_target_cannot_build_is_dropped_with_the_reason() -> None:
+    onnxruntime = CATALOG.targets["onnxruntime"]
+    narrowed = onnxruntime.model_copy(
+        update={"schemes": [s for s in onnxruntime.schemes if s != "int8-dynamic"]}
+    )
+    targets = {**CATALOG.targets, "onnxruntime": narrowed}
+    profile = CATALOG.profile("x86-64-avx512-vnni")
+    result = plan(MINILM_INFO, profile, CATALOG.recipes.values(), targets, ALL_TARGETS)
+    kept = {c.recipe.id for c in result.candidates}
+    assert "onnx-int8-dynamic" not in kept and "onnx-fp32" in kept
+    dropped = next(d for d in result.dropped if d.recipe_id == "onnx-int8-dynamic")
+    assert dropped.code == "scheme"
+    assert dropped.reason.startswith("ONNX Runtime cannot build int8-dynamic models")
+    assert "int8-static" in dropped.reason  # names what the target can build instead
+
+
+def test_every_builtin_recipe_names_a_scheme_its_target_declares() -> None:
+    for recipe in CATALOG.recipes.values():
+        assert recipe.quantize.scheme in CATALOG.targets[recipe.target].schemes, recipe.id
+
+
 # ----------------------------------------------------------------- language models (issue 17)
 
 SMOLLM2_SHAPE = ModelInfo(

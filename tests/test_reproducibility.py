@@ -10,26 +10,26 @@ from pathlib import Path
 import pytest
 from bundle_fixtures import PROFILE
 
-from edgeport.bundle import MANIFEST, REPORT
-from edgeport.pipeline import TRADEOFF_IMAGE, ConvertRequest, convert
+from edgeport.bundle import MANIFEST, REPORT, TRADEOFF_IMAGE
+from edgeport.pipeline import ConvertRequest, convert
 from edgeport.reproducibility import VOLATILE, content_digest, with_reproducibility
-from edgeport.runners import verify_bundle
+from edgeport.runners import ondevice
 from edgeport.schemas import FileEntry, Manifest
 from edgeport.verify import verify
 
 
 def test_volatile_list_is_the_verifiers() -> None:
-    assert set(verify_bundle.VOLATILE_FILES) == {REPORT, TRADEOFF_IMAGE}
+    assert set(ondevice.VOLATILE_FILES) == {REPORT, TRADEOFF_IMAGE}
     described = {v.path: v for v in VOLATILE}
     assert set(described) == {
         MANIFEST,
-        *verify_bundle.VOLATILE_FILES,
-        f"{verify_bundle.DEVICE_RUNS}/",
+        *ondevice.VOLATILE_FILES,
+        f"{ondevice.DEVICE_RUNS}/",
     }
     assert all(v.why for v in VOLATILE)
     assert described[MANIFEST].fields == [
-        *verify_bundle.VOLATILE_FIELDS,
-        *(f"files[{path}]" for path in verify_bundle.VOLATILE_FILES),
+        *ondevice.VOLATILE_FIELDS,
+        *(f"files[{path}]" for path in ondevice.VOLATILE_FILES),
     ]
 
 
@@ -64,13 +64,11 @@ def test_two_conversions_give_the_same_content_sha256(twice: tuple[Path, Path]) 
     names = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
     assert names == sorted(p.relative_to(second).as_posix() for p in second.rglob("*"))
     for name in names:
-        if name not in {MANIFEST, *verify_bundle.VOLATILE_FILES}:
+        if name not in {MANIFEST, *ondevice.VOLATILE_FILES}:
             assert (first / name).read_bytes() == (second / name).read_bytes(), name
     manifests = [json.loads((b / MANIFEST).read_text(encoding="utf-8")) for b in twice]
     # Compared as data first, so that a failure names the differing field.
-    assert verify_bundle.stable_manifest(manifests[0]) == verify_bundle.stable_manifest(
-        manifests[1]
-    )
+    assert ondevice.stable_manifest(manifests[0]) == ondevice.stable_manifest(manifests[1])
     notes = [m["reproducibility"] for m in manifests]
     assert notes[0]["manifest_sha256"] == notes[1]["manifest_sha256"]
     assert notes[0]["content_sha256"] == notes[1]["content_sha256"]
@@ -88,8 +86,8 @@ def test_note_is_computed_over_the_manifest_as_written(twice: tuple[Path, Path])
     sealed = with_reproducibility(manifest.model_copy(update={"metrics": metrics}))
     assert sealed.reproducibility is not None
     text = json.dumps(sealed.model_dump(mode="json"), indent=2)  # as BundleWriter writes it
-    assert verify_bundle.manifest_digest(json.loads(text)) == sealed.reproducibility.manifest_sha256
-    assert verify_bundle.check_manifest(json.loads(text))["failures"] == []
+    assert ondevice.manifest_digest(json.loads(text)) == sealed.reproducibility.manifest_sha256
+    assert ondevice.check_manifest(json.loads(text))["failures"] == []
 
     note = written["reproducibility"]
     entries = [FileEntry(**entry) for entry in written["files"]]

@@ -17,6 +17,7 @@ from conftest import run_cli
 
 from edgeport import samples
 from edgeport.errors import BadInputError
+from edgeport.families import families
 from edgeport.golden import MAX_GOLDEN_TEXT_CHARS, redacted, write_decoder_golden, write_golden
 from edgeport.samples import (
     MAX_SAMPLE_CHARS,
@@ -27,6 +28,8 @@ from edgeport.samples import (
 )
 from edgeport.schemas import ModelDims, ModelInfo, Tolerance
 from edgeport.validate import Evaluation
+
+DECODER_GATES = families()["decoder"].thresholds("text-generation-with-past")
 
 SECRET = "patient 4711 was diagnosed with"
 USER_TEXTS = [f"{SECRET} condition number {i}, a private record" for i in range(12)]
@@ -133,6 +136,7 @@ def _encoder_golden(tmp_path: Path, texts: list[str]) -> dict[str, Any]:
         _info("feature-extraction", "encoder"),
         evaluation,
         texts,
+        families()["encoder"].thresholds("feature-extraction"),
         Tolerance(),
         ["input_ids"],
         ["last_hidden_state"],
@@ -174,15 +178,15 @@ def test_decoder_windows_of_user_samples_are_redacted(tmp_path: Path) -> None:
         texts=("x" * 1000, *(f"{SECRET} window {i}" for i in range(2))),
     )
     info = _info("text-generation-with-past", "decoder")
-    spec = write_decoder_golden(tmp_path, info, evaluation, Tolerance(), USER_TEXTS)
+    spec = write_decoder_golden(tmp_path, info, evaluation, DECODER_GATES, Tolerance(), USER_TEXTS)
     assert spec is not None and spec.texts_redacted
     assert len(spec.texts) == 3 and SECRET not in json.dumps(spec.texts)
     own = builtin_texts("decoder").validation
-    spec = write_decoder_golden(tmp_path, info, evaluation, Tolerance(), own)
+    spec = write_decoder_golden(tmp_path, info, evaluation, DECODER_GATES, Tolerance(), own)
     assert spec is not None and not spec.texts_redacted
     assert spec.texts == ["x" * (MAX_GOLDEN_TEXT_CHARS - 1) + "…", *evaluation.texts[1:]]
     # Nothing known about the samples: redact (the safe default).
-    spec = write_decoder_golden(tmp_path, info, evaluation, Tolerance())
+    spec = write_decoder_golden(tmp_path, info, evaluation, DECODER_GATES, Tolerance())
     assert spec is not None and spec.texts_redacted
 
 

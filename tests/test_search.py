@@ -99,10 +99,18 @@ def test_tradeoff_picture_marks_the_chosen_point(tmp_path: Path) -> None:
         _attempt("openvino-int8-static", "failed", 0.25, 0.984),
         _attempt("openvino-fp32", "passed", 0.6, 1.0),
     ]
-    svg = render_tradeoff_svg(attempts, attempts[1], "embedding_cosine_min", 0.99)
+    svg = render_tradeoff_svg(
+        attempts, attempts[1], "embedding_cosine_min", 0.99, baseline="ONNX Runtime fp32"
+    )
     assert svg is not None and svg.startswith("<svg")
     assert "openvino-fp32 (chosen)" in svg and "tolerance 0.99" in svg
-    assert render_tradeoff_svg(attempts[:1], None, "embedding_cosine_min", 0.99) is None
+    assert "latency relative to ONNX Runtime fp32" in svg  # the baseline it was given
+    assert (
+        render_tradeoff_svg(
+            attempts[:1], None, "embedding_cosine_min", 0.99, baseline="ONNX Runtime fp32"
+        )
+        is None
+    )
 
 
 class _RankingBackend:

@@ -75,8 +75,17 @@ def test_report_says_latencies_were_taken_on_a_host_without_vnni(
 
     out = tmp_path / "bundle"
     result = run_cli(
-        "convert", str(tiny_bert), "--profile", "x86-64-avx512-vnni", "--out", str(out),
-        "--recipe", "onnx-fp32", "--recipe", "onnx-int8-dynamic", "--json",
+        "convert",
+        str(tiny_bert),
+        "--profile",
+        "x86-64-avx512-vnni",
+        "--out",
+        str(out),
+        "--recipe",
+        "onnx-fp32",
+        "--recipe",
+        "onnx-int8-dynamic",
+        "--json",
         env={HOST_FEATURES_ENV: ",".join(AVX2_ONLY)},
     )
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeport.schemas import ModelInfo, Tolerance
-from edgeport.validate import Evaluation, compare, cosine_rows, pool
+from edgeport.validate import Evaluation, compare, cosine_rows, embedding_metrics, pool
 
 INFO = ModelInfo(
     source="m",
@@ -49,6 +49,7 @@ def test_worst_case_decides_not_the_mean() -> None:
         _evaluation(hidden, mask),
         [{"last_hidden_state": damaged}],
         Tolerance(embedding_cosine_min=0.99),
+        embedding_metrics,
     )
     assert not report.passed
     assert report.metric("embedding_cosine_mean") > 0.85  # the average would have looked fine
@@ -61,7 +62,13 @@ def test_nan_outputs_fail() -> None:
     mask = np.ones((2, 3), dtype=np.int64)
     broken = hidden.copy()
     broken[0, 0, 0] = np.nan
-    report = compare(INFO, _evaluation(hidden, mask), [{"last_hidden_state": broken}], Tolerance())
+    report = compare(
+        INFO,
+        _evaluation(hidden, mask),
+        [{"last_hidden_state": broken}],
+        Tolerance(),
+        embedding_metrics,
+    )
     assert any("NaN" in failure for failure in report.failures)
 
 
@@ -69,17 +76,29 @@ def test_shape_and_missing_outputs_are_all_reported() -> None:
     hidden = np.ones((2, 3, 4))
     mask = np.ones((2, 3), dtype=np.int64)
     report = compare(
-        INFO, _evaluation(hidden, mask), [{"last_hidden_state": np.ones((2, 3, 5))}], Tolerance()
+        INFO,
+        _evaluation(hidden, mask),
+        [{"last_hidden_state": np.ones((2, 3, 5))}],
+        Tolerance(),
+        embedding_metrics,
     )
     assert any("shape" in failure for failure in report.failures)
-    report = compare(INFO, _evaluation(hidden, mask), [{"other": hidden}], Tolerance())
+    report = compare(
+        INFO, _evaluation(hidden, mask), [{"other": hidden}], Tolerance(), embedding_metrics
+    )
     assert any("missing" in failure for failure in report.failures)
 
 
 def test_missing_threshold_falls_back_to_a_default_gate() -> None:
     hidden = np.ones((1, 2, 4))
     mask = np.ones((1, 2), dtype=np.int64)
-    report = compare(INFO, _evaluation(hidden, mask), [{"last_hidden_state": hidden}], Tolerance())
+    report = compare(
+        INFO,
+        _evaluation(hidden, mask),
+        [{"last_hidden_state": hidden}],
+        Tolerance(),
+        embedding_metrics,
+    )
     assert report.metrics[0].threshold == 0.99
     assert any("default" in note for note in report.notes)
 

@@ -20,6 +20,7 @@ from bundle_fixtures import (
 from conftest import run_cli
 
 from edgeport.bundle import sha256_file
+from edgeport.families import families
 from edgeport.golden import pick, thresholds, write_npz
 from edgeport.schemas import Tolerance
 from edgeport.verify import verify
@@ -61,17 +62,22 @@ def test_pick_spreads_over_lengths_and_keeps_extremes() -> None:
 
 
 def test_thresholds_follow_validation_defaults() -> None:
-    assert thresholds("feature-extraction", Tolerance()) == {"embedding_cosine_min": 0.99}
+    encoder = families()["encoder"]
+    embedding, classification = (
+        encoder.thresholds("feature-extraction"),
+        encoder.thresholds("text-classification"),
+    )
+    assert thresholds(embedding, Tolerance()) == {"embedding_cosine_min": 0.99}
     assert thresholds(
-        "feature-extraction", Tolerance(embedding_cosine_min=0.9, embedding_cosine_mean_min=0.95)
+        embedding, Tolerance(embedding_cosine_min=0.9, embedding_cosine_mean_min=0.95)
     ) == {
         "embedding_cosine_min": 0.9,
         "embedding_cosine_mean": 0.95,
     }
-    assert thresholds("text-classification", Tolerance(top1_agreement_min=0.97)) == {
+    assert thresholds(classification, Tolerance(top1_agreement_min=0.97)) == {
         "top1_agreement": 0.97
     }
-    assert thresholds("text-generation", Tolerance()) == {}
+    assert thresholds((), Tolerance()) == {}
 
 
 def test_write_npz_is_byte_for_byte_deterministic(tmp_path: Path) -> None:
@@ -176,7 +182,7 @@ def test_outputs_outside_tolerance_fail(tampered: Path) -> None:
 
 def test_malformed_bundles_exit_2(tampered: Path, tmp_path: Path) -> None:
     manifest = read_manifest(tampered)
-    manifest["runtime"]["target"] = "tflite"
+    manifest["runtime"]["runner"] = "tflite"
     write_manifest(tampered, reseal(manifest))
     result = run_verify_py(tampered)
     assert result.returncode == 2 and "tflite" in result.stdout

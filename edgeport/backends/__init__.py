@@ -1,7 +1,9 @@
 """One small class per runtime behind one Protocol: export, build a candidate, load, run.
 
 The pipeline only talks to `Backend`; heavy imports (torch, onnxruntime, openvino) live
-inside the methods so that planning and `edgeport --help` never pay for them.
+inside the methods so that planning and `edgeport --help` never pay for them. Which class
+serves a target is data: the `backend` field of `targets/<id>.yaml`, so adding a target
+is one YAML file plus one module, with no list here to keep in step.
 """
 
 from __future__ import annotations
@@ -101,29 +103,63 @@ class Backend(Protocol):
     def load(self, artifact: Artifact, device: str, threads: int) -> InferenceSession:
         """An inference session on this host (validation runs here, on CPU)."""
 
+    @staticmethod
+    def host_devices() -> list[str]:
+        """Devices or execution providers the runtime reports on this host, as the target's
+        YAML spells them (`edgeport profiles detect`); may import the runtime."""
 
-_BACKENDS = {
-    "onnxruntime": "edgeport.backends.onnxruntime:OnnxRuntimeBackend",
-    "openvino": "edgeport.backends.openvino:OpenVinoBackend",
-}
+
+def get_backend(target: Target) -> Backend:
+    """The backend named by a target's `backend` ("package.module:Class"), imported now.
+
+    The target comes from the caller's catalogue (built-in or user folders), never looked
+    up here: this package stays below the catalogue. A missing module or class is an
+    UnsupportedError; a third-party module that the backend imports and that is not
+    installed stays a ModuleNotFoundError, so the caller can name the package to install
+    (edgeport.dependencies.install_hint).
+    """
+    return backend_from_spec(target.backend)
 
 
-def get_backend(target_id: str) -> Backend:
-    try:
-        module_name, class_name = _BACKENDS[target_id].split(":")
-    except KeyError as exc:
-        raise UnsupportedError(f"no backend for target {target_id!r}") from exc
-    backend: Backend = getattr(importlib.import_module(module_name), class_name)()
+def backend_from_spec(spec: str) -> Backend:
+    """The backend class `spec` ("package.module:Class") names, instantiated: for a child
+    process (bench.py) that is handed the spec rather than the whole target."""
+    backend: Backend = _backend_class(spec)()
     return backend
 
 
+def _backend_class(spec: str) -> type:
+    module_name, _, class_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not _is_package_of(exc.name, module_name):
+            raise  # a dependency of the backend: the caller turns it into an install hint
+        raise UnsupportedError(f"backend {spec!r}: no module {module_name!r}") from exc
+    except ImportError as exc:  # e.g. a runtime's native library failing to load
+        reason = " ".join(str(exc).split())[:200]
+        raise UnsupportedError(f"backend {spec!r} cannot be imported: {reason}") from exc
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise UnsupportedError(
+            f"backend {spec!r}: module {module_name!r} has no class {class_name!r}"
+        )
+    return cls
+
+
+def _is_package_of(missing: str, module_name: str) -> bool:
+    """True when `missing` is `module_name` itself or one of its parent packages."""
+    return module_name == missing or module_name.startswith(f"{missing}.")
+
+
 def host_targets(targets: Iterable[Target]) -> frozenset[str]:
-    """Targets whose host-side modules are importable here (checked without importing)."""
+    """Targets this host can export for: their host modules and their backend module are
+    importable here (checked without importing any of them, so planning stays fast)."""
     available = set()
     for target in targets:
-        if target.id not in _BACKENDS:
-            continue
-        if all(_module_exists(name) for name in target.host_modules):
+        backend_module = target.backend.partition(":")[0]
+        modules = [*target.host_modules, backend_module]
+        if all(_module_exists(name) for name in modules):
             available.add(target.id)
     return frozenset(available)
 

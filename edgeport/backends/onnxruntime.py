@@ -21,6 +21,7 @@ from edgeport.backends.onnxruntime_decoder import (
 from edgeport.backends.onnxruntime_padding import remove_padding
 from edgeport.backends.padding import DYNAMIC, QUANTISED, remove_padding_checked
 from edgeport.errors import UnsupportedError
+from edgeport.families import family_of
 from edgeport.schemas import device_is_accelerator
 from edgeport.text_inputs import right_pad
 
@@ -128,6 +129,13 @@ def _save(model: Any, path: Path) -> None:
 class OnnxRuntimeBackend:
     target_id = "onnxruntime"
 
+    @staticmethod
+    def host_devices() -> list[str]:
+        """Execution providers this onnxruntime build offers here (imports onnxruntime)."""
+        import onnxruntime
+
+        return [str(name) for name in onnxruntime.get_available_providers()]
+
     def export(self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool) -> ExportedModel:
         from optimum.exporters.onnx import main_export
 
@@ -166,7 +174,8 @@ class OnnxRuntimeBackend:
         notes: list[str] = []
         source = exported.directory / exported.model_file
 
-        if recipe.graph.transformer_fusion and model.family == "decoder":
+        family = family_of(model)
+        if recipe.graph.transformer_fusion and family.decodes:
             source, fusion_note = self._fuse_decoder(source, workdir / "fused.onnx", calibration)
             notes.append(fusion_note)
         elif recipe.graph.transformer_fusion:
@@ -176,7 +185,7 @@ class OnnxRuntimeBackend:
             else:
                 notes.append(f"no ORT transformer fusion for model type {model.model_type!r}")
         padded, padding_note = source, ""
-        if recipe.graph.remove_padding and model.family == "encoder":
+        if recipe.graph.remove_padding and family.pads_tokens:
             if device_is_accelerator(candidate.device):
                 # Execution providers for accelerators compile static shapes.
                 padding_note = f"padding kept: removed on CPU only, not on {candidate.device}"
@@ -320,7 +329,7 @@ class OnnxRuntimeBackend:
     @staticmethod
     def _fuse(source: Path, target: Path, model: ModelInfo) -> bool:
         fusion_type = _FUSION_MODEL_TYPES.get(model.model_type)
-        if fusion_type is None or model.family != "encoder":
+        if fusion_type is None or not family_of(model).pads_tokens:
             return False
         from onnxruntime.transformers.optimizer import optimize_model
 

@@ -20,6 +20,7 @@ from edgeport.backends.openvino_padding import remove_padding
 from edgeport.backends.padding import EXACT, QUANTISED, Agreement, remove_padding_checked
 from edgeport.backends.weight_only import MIN_GROUP_SIZE, choose_group_size, search_patterns
 from edgeport.errors import UnsupportedError
+from edgeport.families import family_of
 from edgeport.schemas import device_is_accelerator
 
 if TYPE_CHECKING:
@@ -220,6 +221,12 @@ def _remove_padding(
 class OpenVinoBackend:
     target_id = "openvino"
 
+    @staticmethod
+    def host_devices() -> list[str]:
+        """Device kinds the OpenVINO runtime sees here (imports openvino)."""
+        # "GPU.0", "GPU.1" are instances of one device kind: the profile names the kind.
+        return [str(name).split(".")[0] for name in _core().available_devices]
+
     def export(self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool) -> ExportedModel:
         from optimum.exporters.openvino import main_export
         from optimum.intel import OVConfig
@@ -246,9 +253,10 @@ class OpenVinoBackend:
             ) from exc
         if not (out / MODEL_FILE).is_file():
             raise UnsupportedError(f"optimum-intel wrote no {MODEL_FILE} for {model.display_name}")
-        note = self._convert_tokenizer(model, out, trust_remote_code=trust_remote_code)
-        if note:
-            (out / _TOKENIZER_NOTE).write_text(note, encoding="utf-8")
+        if family_of(model).reads_text:
+            note = self._convert_tokenizer(model, out, trust_remote_code=trust_remote_code)
+            if note:
+                (out / _TOKENIZER_NOTE).write_text(note, encoding="utf-8")
         inputs, outputs = _io_names(_core().read_model(str(out / MODEL_FILE)))
         return ExportedModel(self.target_id, out, MODEL_FILE, inputs, outputs)
 
@@ -263,7 +271,7 @@ class OpenVinoBackend:
             hf_tokenizer = AutoTokenizer.from_pretrained(  # type: ignore[no-untyped-call]
                 str(model.local_path), trust_remote_code=trust_remote_code, local_files_only=True
             )
-            if model.family == "decoder":  # run.py streams text: it needs the detokenizer too
+            if family_of(model).decodes:  # run.py streams text: it needs the detokenizer too
                 tokenizer, detokenizer = convert_tokenizer(hf_tokenizer, with_detokenizer=True)
                 ov.save_model(detokenizer, str(out / DETOKENIZER_FILES[0]))
             else:
@@ -294,7 +302,8 @@ class OpenVinoBackend:
         out = workdir / (f"out-{len(excluded)}-float" if excluded else "out")
         out.mkdir(parents=True, exist_ok=True)
         ir = _core().read_model(str(exported.directory / exported.model_file))
-        unpad = candidate.recipe.graph.remove_padding and model.family == "encoder"
+        family = family_of(model)
+        unpad = candidate.recipe.graph.remove_padding and family.pads_tokens
         if unpad and device_is_accelerator(candidate.device):
             # GPU and NPU plugins want static shapes; the packed token count is not.
             notes.append(f"padding kept: removed on CPU only, not on {candidate.device}")
@@ -307,14 +316,19 @@ class OpenVinoBackend:
                 result = ir  # fp16 weights are compressed when saved below
             elif scheme == "int8-weight":
                 result = self._compress_int8(ir, quantization)
-                if model.family == "decoder":
+                if family.decodes:
                     notes.append("embeddings and lm_head: int8_asym per channel, as every layer")
             elif scheme == "int4-weight":
                 result, note = self._compress_int4(ir, quantization, calibration)
                 notes += [note] if note else []
             elif scheme == "int8-static":
                 graph = ir.clone()  # the copy with explicit weight quantisers starts here too
-                result = self._quantize_static(ir, quantization, calibration, exported.input_names)
+                transformer = quantization.model_type == "transformer" or (
+                    quantization.model_type == "auto" and bool(model.dims.num_attention_heads)
+                )
+                result = self._quantize_static(
+                    ir, quantization, calibration, exported.input_names, transformer=transformer
+                )
                 if quantization.mixed_precision and not excluded:
                     _QUANTIZED_IN_MEMORY[str(out / MODEL_FILE)] = self._quantize_static(
                         graph,
@@ -322,6 +336,7 @@ class OpenVinoBackend:
                         calibration,
                         exported.input_names,
                         fold_weights=False,
+                        transformer=transformer,
                     )
                 if excluded:
                     notes.append(f"kept in float (weights and activations): {', '.join(excluded)}")
@@ -497,6 +512,7 @@ class OpenVinoBackend:
         input_names: Sequence[str],
         *,
         fold_weights: bool = True,
+        transformer: bool = True,
     ) -> Any:
         nncf = _nncf()
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
@@ -529,7 +545,9 @@ class OpenVinoBackend:
         return nncf.quantize(
             ir,
             nncf.Dataset(list(calibration), transform),
-            model_type=nncf.ModelType.TRANSFORMER,
+            # Transformer: attention and norm patterns NNCF keeps in float; a convolutional
+            # network has none, and NNCF's default places quantisers for it.
+            model_type=nncf.ModelType.TRANSFORMER if transformer else None,
             preset=nncf.QuantizationPreset.MIXED,
             subset_size=len(calibration),
             ignored_scope=self._ignored_scope(quantization),

@@ -70,7 +70,7 @@ QUANTISED = Agreement(max_relative=0.2, min_cosine=0.99)
 # the scales alone; the packing itself is checked exact on the float graph first.
 DYNAMIC = Agreement(max_relative=0.2, min_cosine=0.99, batches=False)
 PACKING_TOLERANCE = EXACT.max_relative
-# Mixed batches as wide as validation's (EncoderWorkload.validation_batch).
+# Mixed batches as wide as validation's (families/text_encoder.py's validation_batch).
 CHECK_BATCH = 16
 MASK = "attention_mask"
 

@@ -13,66 +13,33 @@ manifest.json beside this file.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
 HERE = Path(__file__).resolve().parent
-VERIFIER = "verify.py"
+sys.dont_write_bytecode = True  # leave no __pycache__ in the bundle
+sys.path.insert(0, str(HERE))  # the bundle's own ondevice.py, never another one
+try:
+    import ondevice  # type: ignore[import-not-found]
+except ImportError as exc:  # a partial copy of the bundle: refuse rather than guess
+    print("run.py: no ondevice.py beside run.py; copy the whole bundle", file=sys.stderr)
+    raise SystemExit(2) from exc
 PAST = "past_key_values."
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-def load_manifest() -> dict[str, Any]:
-    """manifest.json beside this file, read through the bundle's own verify.py.
-
-    verify.py refuses, before any model loads, a manifest whose paths leave the bundle
-    (`..`, absolute, through a link). It is loaded by its path: no other module named
-    `verify` on sys.path can stand in for it.
-    """
-    checker = HERE / VERIFIER
-    spec = importlib.util.spec_from_file_location("_bundle_verify", checker)
-    if spec is None or spec.loader is None or not checker.is_file():
-        refuse(f"no {VERIFIER} beside run.py to check manifest.json; copy the whole bundle")
-    module = importlib.util.module_from_spec(spec)
-    written, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ here
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # a damaged verify.py: stop rather than run unchecked
-        refuse(f"{VERIFIER} cannot be loaded: {type(exc).__name__}: {exc}")
-    finally:
-        sys.dont_write_bytecode = written
-    try:
-        manifest: dict[str, Any] = module.load_manifest(HERE)
-    except module.BundleError as exc:
-        refuse(str(exc), exc.exit_code)
-    return manifest
-
-
-def refuse(message: str, exit_code: int = 2) -> NoReturn:
-    print(f"run.py: {message}", file=sys.stderr)
-    raise SystemExit(exit_code)
-
-
 class Decoder:
     def __init__(self, spec: dict[str, Any], threads: int | None) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or spec["threads"]
-        providers = [
-            p
-            for p in spec.get("providers", ["CPUExecutionProvider"])
-            if p in ort.get_available_providers()
-        ]
-        self.session = ort.InferenceSession(
-            str(HERE / spec["model_file"]), options, providers=providers or None
+        self.session = ondevice.onnxruntime_session(
+            HERE / spec["model_file"], threads or spec["threads"], spec.get("providers") or ()
         )
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -128,7 +95,7 @@ def main() -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
         parser.error("give a prompt")
-    spec = load_manifest()["runtime"]
+    spec = ondevice.runner_manifest(HERE)["runtime"]
     tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
     tokenizer.no_truncation()
     tokenizer.no_padding()

@@ -16,52 +16,26 @@ settings come from manifest.json beside this file.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import openvino as ov
 
 HERE = Path(__file__).resolve().parent
-VERIFIER = "verify.py"
+sys.dont_write_bytecode = True  # leave no __pycache__ in the bundle
+sys.path.insert(0, str(HERE))  # the bundle's own ondevice.py, never another one
+try:
+    import ondevice  # type: ignore[import-not-found]
+except ImportError as exc:  # a partial copy of the bundle: refuse rather than guess
+    print("run.py: no ondevice.py beside run.py; copy the whole bundle", file=sys.stderr)
+    raise SystemExit(2) from exc
 TOKENIZER_IR = "openvino_tokenizer.xml"
 DETOKENIZER_IR = "openvino_detokenizer.xml"
-
-
-def load_manifest() -> dict[str, Any]:
-    """manifest.json beside this file, read through the bundle's own verify.py.
-
-    verify.py refuses, before any model loads, a manifest whose paths leave the bundle
-    (`..`, absolute, through a link). It is loaded by its path: no other module named
-    `verify` on sys.path can stand in for it.
-    """
-    checker = HERE / VERIFIER
-    spec = importlib.util.spec_from_file_location("_bundle_verify", checker)
-    if spec is None or spec.loader is None or not checker.is_file():
-        refuse(f"no {VERIFIER} beside run.py to check manifest.json; copy the whole bundle")
-    module = importlib.util.module_from_spec(spec)
-    written, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ here
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # a damaged verify.py: stop rather than run unchecked
-        refuse(f"{VERIFIER} cannot be loaded: {type(exc).__name__}: {exc}")
-    finally:
-        sys.dont_write_bytecode = written
-    try:
-        manifest: dict[str, Any] = module.load_manifest(HERE)
-    except module.BundleError as exc:
-        refuse(str(exc), exc.exit_code)
-    return manifest
-
-
-def refuse(message: str, exit_code: int = 2) -> NoReturn:
-    print(f"run.py: {message}", file=sys.stderr)
-    raise SystemExit(exit_code)
 
 
 def make_text_codec() -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
@@ -93,31 +67,13 @@ def make_text_codec() -> tuple[Callable[[str], list[int]], Callable[[list[int]],
     return (lambda text: text_tokenizer.encode(text).ids), text_tokenizer.decode
 
 
-def pick_device(core: ov.Core, spec: dict[str, Any], wanted: str | None) -> str:
-    if wanted:
-        return wanted
-    available = set(core.available_devices)
-    for device in spec.get("providers") or [spec["device"]]:
-        if device in available or device.split(".")[0] in available:
-            return str(device)
-    return "CPU"
-
-
 class Decoder:
     def __init__(self, spec: dict[str, Any], device: str | None, threads: int | None) -> None:
-        core = ov.Core()
-        self.device = pick_device(core, spec, device)
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if self.device == "CPU":  # the precision edgeport validated with
-            config.update(
-                {
-                    "INFERENCE_NUM_THREADS": threads or spec["threads"],
-                    "NUM_STREAMS": 1,
-                    "INFERENCE_PRECISION_HINT": "f32",
-                    "CPU_DENORMALS_OPTIMIZATION": True,
-                }
-            )
-        compiled = core.compile_model(str(HERE / spec["model_file"]), self.device, config)
+        compiled, self.device = ondevice.openvino_compiled(
+            HERE / spec["model_file"],
+            threads or spec["threads"],
+            [device] if device else spec.get("providers") or [spec["device"]],
+        )
         self.inputs = [port.get_any_name() for port in compiled.inputs]
         self.request = compiled.create_infer_request()
 
@@ -157,7 +113,7 @@ def main() -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
         parser.error("give a prompt")
-    spec = load_manifest()["runtime"]
+    spec = ondevice.runner_manifest(HERE)["runtime"]
     encode, decode = make_text_codec()
     decoder = Decoder(spec, args.device, args.threads)
     prompt_ids = encode(prompt)

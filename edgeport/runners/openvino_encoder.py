@@ -13,51 +13,25 @@ manifest.json beside this file.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import openvino as ov
 
 HERE = Path(__file__).resolve().parent
-VERIFIER = "verify.py"
+sys.dont_write_bytecode = True  # leave no __pycache__ in the bundle
+sys.path.insert(0, str(HERE))  # the bundle's own ondevice.py, never another one
+try:
+    import ondevice  # type: ignore[import-not-found]
+except ImportError as exc:  # a partial copy of the bundle: refuse rather than guess
+    print("run.py: no ondevice.py beside run.py; copy the whole bundle", file=sys.stderr)
+    raise SystemExit(2) from exc
 TOKENIZER_IR = "openvino_tokenizer.xml"
 Tokenize = Callable[[list[str]], dict[str, np.ndarray]]
-
-
-def load_manifest() -> dict[str, Any]:
-    """manifest.json beside this file, read through the bundle's own verify.py.
-
-    verify.py refuses, before any model loads, a manifest whose paths leave the bundle
-    (`..`, absolute, through a link). It is loaded by its path: no other module named
-    `verify` on sys.path can stand in for it.
-    """
-    checker = HERE / VERIFIER
-    spec = importlib.util.spec_from_file_location("_bundle_verify", checker)
-    if spec is None or spec.loader is None or not checker.is_file():
-        refuse(f"no {VERIFIER} beside run.py to check manifest.json; copy the whole bundle")
-    module = importlib.util.module_from_spec(spec)
-    written, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ here
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # a damaged verify.py: stop rather than run unchecked
-        refuse(f"{VERIFIER} cannot be loaded: {type(exc).__name__}: {exc}")
-    finally:
-        sys.dont_write_bytecode = written
-    try:
-        manifest: dict[str, Any] = module.load_manifest(HERE)
-    except module.BundleError as exc:
-        refuse(str(exc), exc.exit_code)
-    return manifest
-
-
-def refuse(message: str, exit_code: int = 2) -> NoReturn:
-    print(f"run.py: {message}", file=sys.stderr)
-    raise SystemExit(exit_code)
 
 
 def make_tokenizer(spec: dict[str, Any]) -> Tokenize:
@@ -93,29 +67,14 @@ def make_tokenizer(spec: dict[str, Any]) -> Tokenize:
     return tokenize_json
 
 
-def pick_device(core: ov.Core, spec: dict[str, Any], wanted: str | None) -> str:
-    if wanted:
-        return wanted
-    available = set(core.available_devices)
-    for device in spec.get("providers") or [spec["device"]]:
-        if device in available or device.split(".")[0] in available:
-            return str(device)
-    return "CPU"
-
-
-def make_model(core: ov.Core, spec: dict[str, Any], device: str, threads: int | None) -> Any:
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-    if device == "CPU":
-        # The precision edgeport validated with (CPUs with AMX would otherwise pick bf16).
-        config.update(
-            {
-                "INFERENCE_NUM_THREADS": threads or spec["threads"],
-                "NUM_STREAMS": 1,
-                "INFERENCE_PRECISION_HINT": "f32",
-                "CPU_DENORMALS_OPTIMIZATION": True,
-            }
-        )
-    return core.compile_model(str(HERE / spec["model_file"]), device, config)
+def make_model(spec: dict[str, Any], device: str | None, threads: int | None) -> tuple[Any, str]:
+    """(compiled model, device): `device`, else the manifest's first one this machine has."""
+    compiled: tuple[Any, str] = ondevice.openvino_compiled(
+        HERE / spec["model_file"],
+        threads or spec["threads"],
+        [device] if device else spec.get("providers") or [spec["device"]],
+    )
+    return compiled
 
 
 def encode(tokenize: Tokenize, texts: list[str], input_names: list[str]) -> dict[str, np.ndarray]:
@@ -125,28 +84,14 @@ def encode(tokenize: Tokenize, texts: list[str], input_names: list[str]) -> dict
     return {name: feeds[name] for name in input_names}
 
 
-def pool(hidden: np.ndarray, mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
-    hidden = hidden.astype(np.float64)
-    weights = mask[..., None].astype(np.float64)
-    if mode == "cls":
-        pooled = hidden[:, 0]
-    elif mode == "max":
-        pooled = np.where(weights > 0, hidden, -np.inf).max(axis=1)
-    else:
-        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-    if normalize:
-        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12, None)
-    return pooled.astype(np.float32)
-
-
 def predict(model: Any, tokenize: Tokenize, spec: dict[str, Any], texts: list[str]) -> list[Any]:
     feeds = encode(tokenize, texts, spec["input_names"])
     output = np.asarray(model(feeds)[model.outputs[0]])
     if spec["task"] == "feature-extraction":
-        pooled = pool(
+        pooled = ondevice.pool(
             output, feeds["attention_mask"], spec["pooling"], spec["normalize_embeddings"]
         )
-        embeddings: list[Any] = pooled.tolist()
+        embeddings: list[Any] = pooled.astype(np.float32).tolist()
         return embeddings
     labels = spec.get("labels") or {}
     if spec["task"] == "text-classification":
@@ -171,10 +116,8 @@ def main() -> int:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         parser.error("give at least one text")
-    spec = load_manifest()["runtime"]
-    core = ov.Core()
-    device = pick_device(core, spec, args.device)
-    model = make_model(core, spec, device, args.threads)
+    spec = ondevice.runner_manifest(HERE)["runtime"]
+    model, device = make_model(spec, args.device, args.threads)
     results = predict(model, make_tokenizer(spec), spec, texts)
     json.dump(
         {"model": spec["model_file"], "task": spec["task"], "device": device, "results": results},

@@ -12,11 +12,11 @@ one stream, f32 inference precision on CPU), all loaded before any is timed. For
 shape, each graph is timed in its own block (a warm-up, then `runs` timed runs; a block
 never shares the CPU with another session's spinning threads), and every timed run
 starts after writing a `flush_mb` buffer, so the weights come from memory as a model
-larger than the caches reads them. ONNX Runtime fp32, the baseline, is timed first and
-again last: the drift between the two blocks tells whether the device slowed down
-(heat) meanwhile. Prints one JSON object: `{"runtimes": {name: version}, "threads": N,
-"drift": {shape: last/first - 1}, "results": [{target, key, shapes: {shape: median ms},
-error}]}`.
+larger than the caches reads them. The baseline (`baseline` in graphs.json: [target,
+key] of the catalogue's baseline recipe) is timed first and again last: the drift between
+the two blocks tells whether the device slowed down (heat) meanwhile. Prints one JSON
+object: `{"runtimes": {name: version}, "threads": N, "drift": {shape: last/first - 1},
+"results": [{target, key, shapes: {shape: median ms}, error}]}`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-BASELINE = ("onnxruntime", "fp32")
 
 
 def _ort_session(file: Path, threads: int) -> Any:
@@ -81,6 +80,7 @@ def main(argv: list[str]) -> int:
         name: rng.standard_normal(tuple(shape)).astype(np.float32) for name, shape in shapes.items()
     }
     makers = {"onnxruntime": _ort_session, "openvino": _ov_session}
+    baseline_entry = tuple(spec["baseline"])  # (target, key), chosen by the caller
     results: list[dict[str, Any]] = []
     sessions: list[tuple[dict[str, Any], Any]] = []
     for entry in spec["graphs"]:
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
         sessions.append((result, run))
     flush = np.zeros(max(1, int(spec.get("flush_mb", 64)) * (1 << 20) // 8))
     baseline = next(
-        (i for i, (r, _) in enumerate(sessions) if (r["target"], r["key"]) == BASELINE), None
+        (i for i, (r, _) in enumerate(sessions) if (r["target"], r["key"]) == baseline_entry), None
     )
     drift: dict[str, float] = {}
     for shape, x in inputs.items():

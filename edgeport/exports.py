@@ -1,0 +1,82 @@
+"""The plain fp32 export of a model for one target: afresh, or from a cache folder.
+
+`edgeport build` converts one model for several profiles; the export (minutes, and the
+PyTorch model in memory) is the same for all of them, so it is made once per cache folder,
+keyed by model path, commit, target, task and trust_remote_code, and copied into each
+conversion's work folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeport.backends import ExportedModel, get_backend
+
+if TYPE_CHECKING:
+    from edgeport.schemas import ModelInfo, Target
+
+_CACHE_META = "export.json"
+
+
+def export_model(
+    target: Target, info: ModelInfo, workdir: Path, *, trust_remote_code: bool, cache: Path | None
+) -> ExportedModel:
+    """The fp32 export for `target` in `workdir`; reused from `cache` when one is given."""
+    if cache is None:
+        return get_backend(target).export(info, workdir, trust_remote_code=trust_remote_code)
+    return cached_export(target, info, workdir, trust_remote_code=trust_remote_code, cache=cache)
+
+
+def _cache_key(target_id: str, info: ModelInfo, trust_remote_code: bool) -> str:
+    parts = [
+        str(info.local_path.resolve()),
+        info.commit or "",
+        target_id,
+        info.task,
+        str(trust_remote_code),
+    ]
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:24]
+
+
+def cached_export(
+    target: Target, info: ModelInfo, workdir: Path, *, trust_remote_code: bool, cache: Path
+) -> ExportedModel:
+    """The fp32 export for (model path/commit, target, task), made once per cache folder.
+
+    A hit is copied into `workdir`, so the candidates of one conversion never write into
+    the export another conversion reuses.
+    """
+    entry = cache / _cache_key(target.id, info, trust_remote_code)
+    meta_path = entry / _CACHE_META
+    if not meta_path.is_file():
+        exported = get_backend(target).export(info, workdir, trust_remote_code=trust_remote_code)
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{entry.name}.partial-", dir=cache))
+        shutil.copytree(exported.directory, partial / "export")
+        meta = {
+            "model_file": exported.model_file,
+            "input_names": list(exported.input_names),
+            "output_names": list(exported.output_names),
+            "relative_dir": exported.directory.relative_to(workdir).as_posix()
+            if exported.directory.is_relative_to(workdir)
+            else "export",
+        }
+        (partial / _CACHE_META).write_text(json.dumps(meta), encoding="utf-8")
+        shutil.rmtree(entry, ignore_errors=True)
+        partial.rename(entry)
+        return exported
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    directory = workdir / meta["relative_dir"]
+    shutil.copytree(entry / "export", directory)
+    return ExportedModel(
+        target.id,
+        directory,
+        meta["model_file"],
+        tuple(meta["input_names"]),
+        tuple(meta["output_names"]),
+    )
