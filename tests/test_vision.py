@@ -219,6 +219,23 @@ def test_embedding_bundle_gives_one_vector_per_image(tmp_path: Path, photos: lis
     assert len(vectors) == 2 and all(len(v) == 32 for v in vectors)
 
 
+def test_too_few_user_images_is_bad_input(tmp_path: Path) -> None:
+    from edgeport.image_samples import builtin_images
+
+    images = tmp_path / "mine"
+    images.mkdir()
+    for index, image in enumerate(builtin_images("validation", 3)):
+        image.save(images / f"{index}.png")
+    model = build_tiny_convnext(tmp_path / "convnext")
+    result = run_cli(
+        "convert", str(model), "--profile", "x86-64-avx2", "--samples", str(images),
+        "--out", str(tmp_path / "b"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "3 images; need at least 10" in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
 def test_user_image_folder_is_split_and_never_copied(tmp_path: Path) -> None:
     from edgeport.image_samples import builtin_images
 
@@ -235,6 +252,7 @@ def test_user_image_folder_is_split_and_never_copied(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["golden"]["texts_redacted"] is True
+    assert manifest["attempts"][0]["validation"]["validation_samples"] == 9
     assert all(text.startswith("sha256:") for text in manifest["golden"]["texts"])
     assert "images in mine/" in (out / "report.md").read_text()
 

@@ -42,6 +42,8 @@ PIXELS = "pixel_values"
 CLASSIFICATION = "image-classification"
 EMBEDDING = "image-feature-extraction"
 GOLDEN_IMAGES = 6
+# Fewer user images than this calibrate and judge nothing reliably.
+MIN_USER_IMAGES = 10
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,13 @@ def user_samples(folder: Path) -> ImageSamples:
 
     if not folder.is_dir():
         raise BadInputError(f"--samples for a vision model must be a folder of images: {folder}")
-    calibration, validation = split_user_images(load_image_folder(folder))
+    images = load_image_folder(folder)
+    if len(images) < MIN_USER_IMAGES:
+        raise BadInputError(
+            f"{folder}: {len(images)} images; need at least {MIN_USER_IMAGES} (a quarter "
+            "calibrate, the rest validate)"
+        )
+    calibration, validation = split_user_images(images)
     return ImageSamples(
         calibration=tuple(calibration),
         validation=tuple(validation),
