@@ -463,3 +463,24 @@ def test_a_bad_devices_file_is_one_line_exit_2(tmp_path: Path, text: str, messag
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bundles").exists()
+
+
+def test_verify_a_vision_bundle_on_device_openvino(
+    sshd: Device, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A vision bundle (pixel golden data, ondevice.py preprocessing) verifies over SSH
+    on the other runtime too."""
+    pytest.importorskip("skimage", reason='needs the vision extra: pip install -e ".[vision]"')
+    from test_vision import build_tiny_convnext
+
+    root = tmp_path_factory.mktemp("vision")
+    bundle = root / "tiny-convnext-ov"
+    converted = run_cli(
+        "convert", str(build_tiny_convnext(root / "model")), "--profile", PROFILE,
+        "--recipe", "openvino-fp32", "--out", str(bundle),
+    )  # fmt: skip
+    assert converted.returncode == 0, converted.stderr
+    result = run_cli("verify", str(bundle), "--runs", "2", "--json", *sshd.args())
+    assert result.returncode == 0, result.stderr
+    _check_run(json.loads(result.stdout), "openvino", 2)
+    assert sshd.leftovers() == []
