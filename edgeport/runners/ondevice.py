@@ -526,10 +526,12 @@ def pool(hidden: Array, mask: Array, mode: str, normalize: bool) -> Array:
 
 
 def cosine_rows(a: Array, b: Array) -> Array:
+    """Cosine of each pair of rows; two all-zero rows are identical (1.0), one is not (0.0)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return (a * b).sum(axis=-1) / np.clip(norms, 1e-12, None)
+    norm_a, norm_b = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    cosine = (a * b).sum(axis=-1) / np.clip(norm_a * norm_b, 1e-12, None)
+    return np.where((norm_a == 0) & (norm_b == 0), 1.0, cosine)
 
 
 def image_embedding(outputs: Mapping[str, Array], name: str) -> Array:
