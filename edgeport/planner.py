@@ -305,7 +305,8 @@ def plan(
         if measured is not None:
             speedup, source = measured[0], "measured"
             speed = f"{measured[1]} (instead of the recipe's estimate: {speed})"
-        reason = f"{speed}; ~{size_mb:,.0f} MB on disk; needs ~{memory:,.0f} of {budget_mb:,.0f} MB"
+        on_disk = f"{size_mb:,.0f} MB" if size_mb >= 10 else f"{size_mb:.1f} MB"
+        reason = f"{speed}; ~{on_disk} on disk; needs ~{memory:,.0f} of {budget_mb:,.0f} MB"
         kept.append(
             Candidate(
                 recipe=recipe,

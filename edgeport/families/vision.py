@@ -161,8 +161,8 @@ class Vision:
         size = _image_side(model.local_path)
         hidden = model.dims.hidden_size or 768
         heads = model.dims.num_attention_heads
-        if heads:  # a vision transformer: 16x16 patches
-            tokens = (size // 16) ** 2 + 1
+        if heads:  # a vision transformer: one token per patch, plus CLS
+            tokens = (size // _patch_size(model.local_path)) ** 2 + 1
             return (tokens * hidden * 4 * 8 + heads * tokens * tokens * 4 * 2) / MIB
         # A convolutional network: the first stage's maps (64 channels at 1/2 or 1/4 of
         # the image side) dominate; six of them alive at once is generous.
@@ -356,6 +356,15 @@ def _metrics(
             )
         )
     return results
+
+
+def _patch_size(folder: Path) -> int:
+    from edgeport.hub import read_config
+
+    value = read_config(folder).get("patch_size")
+    if isinstance(value, list) and value and isinstance(value[0], int):
+        value = value[0]
+    return value if isinstance(value, int) and value > 0 else 16
 
 
 def _image_side(folder: Path) -> int:
