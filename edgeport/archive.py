@@ -46,12 +46,11 @@ from edgeport.bundle import (
     nearest_existing,
     remove_created,
     set_folder_modes,
-    sha256_file,
     shown,
 )
 from edgeport.errors import BadInputError, EdgeportError, VerificationError
 from edgeport.runners import ondevice
-from edgeport.runners.ondevice import DEVICE_RUNS
+from edgeport.runners.ondevice import DEVICE_RUNS, sha256_file
 
 ARCHIVE_SUFFIX = ".tar.gz"
 _TAR_FORMAT = tarfile.PAX_FORMAT

@@ -9,7 +9,6 @@ other folder, never one holding the current folder or the model being converted.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from edgeport.errors import BadInputError, SecurityError
+from edgeport.runners.ondevice import sha256_file
 from edgeport.schemas import FileEntry, Manifest
 
 MANIFEST = "manifest.json"
@@ -37,14 +37,6 @@ FOLDER_MODE = 0o755
 # whether --force may replace that folder.
 _MAX_MANIFEST_PROBE_BYTES = 32 * 1024 * 1024
 _SHOWN_LIMIT = 100
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def shown(value: object, limit: int = _SHOWN_LIMIT) -> str:

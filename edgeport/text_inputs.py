@@ -120,3 +120,24 @@ def padded_batch(items: Sequence[Feeds], size: int = 8) -> Feeds | None:
     if not padded:
         return None
     return {name: np.concatenate([feeds[name] for feeds in padded]) for name in padded[0]}
+
+
+class TokenizedText:
+    """What every family whose inputs are token ids shares: the tokenizer folder, the
+    files shipped beside the model, the device's tokenizer package, and the runtime
+    fields run.py tokenises with. Text families derive from it."""
+
+    def prepare_processor(
+        self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool
+    ) -> Path:
+        return prepare_tokenizer(model, workdir, trust_remote_code=trust_remote_code)
+
+    def processor_files(self, folder: Path) -> list[Path]:
+        return tokenizer_files(folder)
+
+    def device_packages(self, runner: str) -> list[str]:
+        # openvino_tokenizer.xml on OpenVINO, tokenizer.json elsewhere.
+        return ["openvino-tokenizers"] if runner == "openvino" else ["tokenizers"]
+
+    def tokenizer_fields(self, model: ModelInfo, processor_dir: Path) -> dict[str, Any]:
+        return {"max_length": model.max_length, "pad_token_id": pad_token_id(processor_dir)}

@@ -222,12 +222,12 @@ def embedding_metrics(
         actual = pool(np.asarray(cand[name]), mask, model.pooling, model.normalize_embeddings)
         cosines.append(cosine_rows(expected, actual))
     values = np.concatenate(cosines)
-    results = [
-        gated_metric(
-            "embedding_cosine_min", float(values.min()), tolerance, "embedding_cosine_min", True
-        )
-    ]
-    mean = float(values.mean())
+    return embedding_cosine_metrics(float(values.min()), float(values.mean()), tolerance)
+
+
+def embedding_cosine_metrics(worst: float, mean: float, tolerance: Tolerance) -> MetricList:
+    """The worst embedding cosine, always gated; the mean, gated when the recipe says."""
+    results = [gated_metric("embedding_cosine_min", worst, tolerance, "embedding_cosine_min", True)]
     if tolerance.embedding_cosine_mean_min is not None:
         results.append(
             gated_metric(
@@ -235,18 +235,7 @@ def embedding_metrics(
             )
         )
     else:
-        results.append(
-            (
-                MetricResult(
-                    name="embedding_cosine_mean",
-                    value=mean,
-                    threshold=None,
-                    higher_is_better=True,
-                    passed=None,
-                ),
-                None,
-            )
-        )
+        results.append(_ungated("embedding_cosine_mean", mean, True))
     return results
 
 

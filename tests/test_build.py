@@ -95,7 +95,7 @@ def test_build_two_profiles_reuses_the_export_and_survives_a_bad_pair(
     for record in good:
         archive = Path(record["archive"])
         assert archive.is_file() and archive.name == Path(record["bundle"]).name + ".tar.gz"
-        from edgeport.bundle import sha256_file
+        from edgeport.runners.ondevice import sha256_file
 
         assert sha256_file(archive) == record["archive_sha256"]
     # Same model, same recipe: every stable file (model, tokenizer, golden) hashes the same;

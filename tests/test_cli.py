@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeport.bundle import sha256_file
+from edgeport.runners.ondevice import sha256_file
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from bundle_fixtures import copy_bundle, read_manifest, reseal, tiny_bundle_once, write_manifest
 
-from edgeport.bundle import sha256_file
 from edgeport.runners import ondevice
+from edgeport.runners.ondevice import sha256_file
 from edgeport.verify import verify
 
 MODIFIED = "manifest.json was modified after conversion"

@@ -19,9 +19,9 @@ from bundle_fixtures import (
 )
 from conftest import run_cli
 
-from edgeport.bundle import sha256_file
 from edgeport.families import families
 from edgeport.golden import pick, thresholds, write_npz
+from edgeport.runners.ondevice import sha256_file
 from edgeport.schemas import Tolerance
 from edgeport.verify import verify
 

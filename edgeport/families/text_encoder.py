@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeport.families import BenchWorkload, Prepared
+from edgeport.text_inputs import TokenizedText
 from edgeport.validate import (
     Evaluation,
     ReferenceModel,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 
 
-class TextEncoder:
+class TextEncoder(TokenizedText):
     """Embeddings and classifiers over text (BERT-like encoders, sentence-transformers)."""
 
     id = "encoder"
@@ -102,14 +103,6 @@ class TextEncoder:
         metrics = embedding_metrics if model.task == "feature-extraction" else top1_metrics
         return compare(model, evaluation, outputs, tolerance, metrics)
 
-    def device_packages(self, runner: str) -> list[str]:
-        # openvino_tokenizer.xml on OpenVINO, tokenizer.json elsewhere.
-        packages: dict[str, list[str]] = {
-            "onnxruntime": ["tokenizers"],
-            "openvino": ["openvino-tokenizers"],
-        }
-        return packages.get(runner, ["tokenizers"])
-
     def runner_template(self, runner: str) -> str | None:
         return {"onnxruntime": "onnxruntime_encoder.py", "openvino": "openvino_encoder.py"}.get(
             runner
@@ -174,29 +167,15 @@ class TextEncoder:
         attention = batch * heads * seq * seq * 4 * 2
         return (hidden_states + attention) / MIB
 
-    def prepare_processor(
-        self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool
-    ) -> Path:
-        from edgeport.text_inputs import prepare_tokenizer
-
-        return prepare_tokenizer(model, workdir, trust_remote_code=trust_remote_code)
-
-    def processor_files(self, folder: Path) -> list[Path]:
-        from edgeport.text_inputs import tokenizer_files
-
-        return tokenizer_files(folder)
-
     def runtime_fields(
         self, model: ModelInfo, processor_dir: Path, output_names: Sequence[str]
     ) -> dict[str, Any]:
         from edgeport.model_info import config_labels
-        from edgeport.text_inputs import pad_token_id
 
         return {
+            **self.tokenizer_fields(model, processor_dir),
             "pooling": model.pooling,
             "normalize_embeddings": model.normalize_embeddings,
-            "max_length": model.max_length,
-            "pad_token_id": pad_token_id(processor_dir),
             "labels": config_labels(model.local_path) if model.task != "feature-extraction" else {},
         }
 

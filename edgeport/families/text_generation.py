@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeport.errors import UnsupportedError
 from edgeport.families import BenchWorkload, Prepared
+from edgeport.text_inputs import TokenizedText
 from edgeport.validate import Evaluation, ReferenceModel, compare, decoder_metrics, run_batches
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def eos_token_ids(folder: Path) -> list[int]:
     return []
 
 
-class TextGeneration:
+class TextGeneration(TokenizedText):
     """Decoder-only language models with a KV cache (Llama, Qwen, Phi, GPT-2...)."""
 
     id = "decoder"
@@ -145,14 +146,6 @@ class TextGeneration:
         generations = [session.generate(list(p), self.new_tokens) for p in evaluation.prompts]
         return compare(model, evaluation, outputs, tolerance, decoder_metrics, generations)
 
-    def device_packages(self, runner: str) -> list[str]:
-        # openvino_tokenizer.xml on OpenVINO, tokenizer.json elsewhere.
-        packages: dict[str, list[str]] = {
-            "onnxruntime": ["tokenizers"],
-            "openvino": ["openvino-tokenizers"],
-        }
-        return packages.get(runner, ["tokenizers"])
-
     def runner_template(self, runner: str) -> str | None:
         return {"onnxruntime": "onnxruntime_decoder.py", "openvino": "openvino_decoder.py"}.get(
             runner
@@ -199,26 +192,11 @@ class TextGeneration:
         logits = (dims.vocab_size or 32000) * 4 * 2
         return (kv_cache + logits + context * hidden * 4 * 8) / MIB
 
-    def prepare_processor(
-        self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool
-    ) -> Path:
-        from edgeport.text_inputs import prepare_tokenizer
-
-        return prepare_tokenizer(model, workdir, trust_remote_code=trust_remote_code)
-
-    def processor_files(self, folder: Path) -> list[Path]:
-        from edgeport.text_inputs import tokenizer_files
-
-        return tokenizer_files(folder)
-
     def runtime_fields(
         self, model: ModelInfo, processor_dir: Path, output_names: Sequence[str]
     ) -> dict[str, Any]:
-        from edgeport.text_inputs import pad_token_id
-
         return {
-            "max_length": model.max_length,
-            "pad_token_id": pad_token_id(processor_dir),
+            **self.tokenizer_fields(model, processor_dir),
             "eos_token_ids": eos_token_ids(model.local_path),
         }
 

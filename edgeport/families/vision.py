@@ -26,7 +26,14 @@ import numpy as np
 from edgeport.errors import BadInputError, UnsupportedError
 from edgeport.families import BenchWorkload, Prepared
 from edgeport.runners import ondevice
-from edgeport.validate import Evaluation, ReferenceModel, compare, gated_metric, run_batches
+from edgeport.validate import (
+    Evaluation,
+    ReferenceModel,
+    compare,
+    embedding_cosine_metrics,
+    gated_metric,
+    run_batches,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -339,23 +346,9 @@ def _metrics(
             ),
         ]
     values = ondevice.image_embedding_metrics(evaluation.reference, candidate, name)
-    results = [
-        gated_metric(
-            "embedding_cosine_min",
-            values["embedding_cosine_min"],
-            tolerance,
-            "embedding_cosine_min",
-            True,
-        )
-    ]
-    mean = values["embedding_cosine_mean"]
-    if tolerance.embedding_cosine_mean_min is not None:
-        results.append(
-            gated_metric(
-                "embedding_cosine_mean", mean, tolerance, "embedding_cosine_mean_min", True
-            )
-        )
-    return results
+    return embedding_cosine_metrics(
+        values["embedding_cosine_min"], values["embedding_cosine_mean"], tolerance
+    )
 
 
 def _patch_size(folder: Path) -> int:
