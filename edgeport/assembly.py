@@ -30,7 +30,7 @@ from edgeport.errors import UnsupportedError
 from edgeport.families import Family, family_of
 from edgeport.report import render_report, tradeoff_axes
 from edgeport.reproducibility import with_reproducibility
-from edgeport.schemas import Manifest, RuntimeSpec
+from edgeport.schemas import Manifest, PartSpec, RuntimeSpec
 from edgeport.tradeoff_plot import render_tradeoff_svg
 
 if TYPE_CHECKING:
@@ -139,8 +139,9 @@ def write_bundle(
         )
     runtime_devices = profile.runtime(candidate.target.id)
     with BundleWriter(out, force=force, protected=protected) as writer:
-        for name in artifact.files:
-            writer.copy(artifact.directory / name)
+        for part in artifact.single_parts():
+            for name in part.files:
+                writer.copy(part.directory / name)
         for path in family.processor_files(processor_dir):
             writer.copy(path)
         writer.write_text(RUNNER, runner_source(template))
@@ -172,6 +173,17 @@ def write_bundle(
             threads=profile.cpu.cores,
             precision=candidate.recipe.precision,
             providers=list(runtime_devices.devices) if runtime_devices else [candidate.device],
+            parts=[
+                PartSpec(
+                    name=part.part,
+                    model_file=part.model_file,
+                    files=list(part.files),
+                    input_names=list(part.input_names),
+                    output_names=list(part.output_names),
+                    precision=part.precision or candidate.recipe.precision,
+                )
+                for part in artifact.parts
+            ],
             **family.runtime_fields(info, processor_dir, artifact.output_names),
         )
         metrics = {m.name: m.value for m in chosen.validation.metrics} if chosen.validation else {}

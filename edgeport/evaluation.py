@@ -27,6 +27,7 @@ from edgeport.dependencies import install_hint
 from edgeport.errors import EdgeportError
 from edgeport.exports import export_model
 from edgeport.families import BenchWorkload, Family, family_of
+from edgeport.parts import PartSessions, build_parts, load_parts
 from edgeport.schemas import Attempt
 from edgeport.selection import SpeedBasis, Verdict, attempt_key, prune_reason, verdict_for
 from edgeport.validate import primary_metric
@@ -143,7 +144,22 @@ class CandidateEvaluator:
             return []
         from edgeport.search import refine
 
+        artifact = self.artifacts[key]
+        ranked, others = artifact, {}
+        if artifact.parts:
+            # A multi-part model: the nodes of the part the recipe quantises for the
+            # device's per-input work (the first: CLIP's image tower) are ranked, each
+            # variant validated together with the other parts as they are.
+            ranked = artifact.parts[0]
+            backend = get_backend(candidate.target)
+            others = {
+                part.part: backend.load(part, candidate.device, self.threads)
+                for part in artifact.parts[1:]
+            }
+
         def probe(session: InferenceSession) -> float:
+            if others:
+                session = PartSessions({ranked.part: session, **others})
             report = self.family.validate(self.info, session, search, candidate.recipe.tolerance)
             return primary_metric(report)
 
@@ -154,7 +170,7 @@ class CandidateEvaluator:
 
         return refine(
             candidate,
-            self.artifacts[key],
+            ranked,
             get_backend(candidate.target),
             probe,
             self.threads,
@@ -232,9 +248,11 @@ class CandidateEvaluator:
             exported = self.export(candidate.target)
             self.progress.info(f"{recipe.id}: building")
             build_dir = self.workdir / "candidates" / attempt_key(recipe.id, variant)
-            artifact = backend.build(exported, candidate, self.info, self.calibration, build_dir)
+            artifact = build_parts(
+                backend, exported, candidate, self.info, self.calibration, build_dir
+            )
             self.progress.info(f"{recipe.id}: validating against PyTorch")
-            session = backend.load(artifact, candidate.device, self.threads)
+            session = load_parts(backend, artifact, candidate.device, self.threads)
             report = self.family.validate(self.info, session, self.evaluation, recipe.tolerance)
             del session
             self.progress.info(f"{recipe.id}: measuring latency")

@@ -12,10 +12,11 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from edgeport.backends import ExportedModel, get_backend
+from edgeport.backends import ExportedModel, PartSource, get_backend
 
 if TYPE_CHECKING:
     from edgeport.schemas import ModelInfo, Target
@@ -26,42 +27,83 @@ _CACHE_META = "export.json"
 def export_model(
     target: Target, info: ModelInfo, workdir: Path, *, trust_remote_code: bool, cache: Path | None
 ) -> ExportedModel:
-    """The fp32 export for `target` in `workdir`; reused from `cache` when one is given."""
+    """The fp32 export for `target` in `workdir`, whole or as the parts the model's family
+    names; reused from `cache` when one is given."""
+    from edgeport.families import family_of
+
+    parts = family_of(info).export_parts(info)
     if cache is None:
-        return get_backend(target).export(info, workdir, trust_remote_code=trust_remote_code)
-    return cached_export(target, info, workdir, trust_remote_code=trust_remote_code, cache=cache)
+        return get_backend(target).export(
+            info, workdir, trust_remote_code=trust_remote_code, parts=parts
+        )
+    return cached_export(
+        target, info, workdir, trust_remote_code=trust_remote_code, cache=cache, parts=parts
+    )
 
 
-def _cache_key(target_id: str, info: ModelInfo, trust_remote_code: bool) -> str:
-    parts = [
+def _cache_key(
+    target_id: str, info: ModelInfo, trust_remote_code: bool, parts: Sequence[PartSource]
+) -> str:
+    fields = [
         str(info.local_path.resolve()),
         info.commit or "",
         target_id,
         info.task,
         str(trust_remote_code),
+        *(f"{p.name}:{p.method}:{','.join(p.input_names)}:{p.output_name}" for p in parts),
     ]
-    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:24]
+    return hashlib.sha256("\0".join(fields).encode("utf-8")).hexdigest()[:24]
+
+
+def _meta(exported: ExportedModel) -> dict[str, Any]:
+    return {
+        "model_file": exported.model_file,
+        "input_names": list(exported.input_names),
+        "output_names": list(exported.output_names),
+        "part": exported.part,
+        "kind": exported.kind,
+        "parts": [_meta(part) for part in exported.parts],
+    }
+
+
+def _from_meta(target_id: str, directory: Path, meta: dict[str, Any]) -> ExportedModel:
+    return ExportedModel(
+        target_id,
+        directory,
+        meta["model_file"],
+        tuple(meta["input_names"]),
+        tuple(meta["output_names"]),
+        part=meta.get("part", ""),
+        kind=meta.get("kind", ""),
+        parts=tuple(_from_meta(target_id, directory, p) for p in meta.get("parts", [])),
+    )
 
 
 def cached_export(
-    target: Target, info: ModelInfo, workdir: Path, *, trust_remote_code: bool, cache: Path
+    target: Target,
+    info: ModelInfo,
+    workdir: Path,
+    *,
+    trust_remote_code: bool,
+    cache: Path,
+    parts: Sequence[PartSource] = (),
 ) -> ExportedModel:
     """The fp32 export for (model path/commit, target, task), made once per cache folder.
 
     A hit is copied into `workdir`, so the candidates of one conversion never write into
     the export another conversion reuses.
     """
-    entry = cache / _cache_key(target.id, info, trust_remote_code)
+    entry = cache / _cache_key(target.id, info, trust_remote_code, parts)
     meta_path = entry / _CACHE_META
     if not meta_path.is_file():
-        exported = get_backend(target).export(info, workdir, trust_remote_code=trust_remote_code)
+        exported = get_backend(target).export(
+            info, workdir, trust_remote_code=trust_remote_code, parts=parts
+        )
         cache.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{entry.name}.partial-", dir=cache))
         shutil.copytree(exported.directory, partial / "export")
         meta = {
-            "model_file": exported.model_file,
-            "input_names": list(exported.input_names),
-            "output_names": list(exported.output_names),
+            **_meta(exported),
             "relative_dir": exported.directory.relative_to(workdir).as_posix()
             if exported.directory.is_relative_to(workdir)
             else "export",
@@ -73,10 +115,4 @@ def cached_export(
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     directory = workdir / meta["relative_dir"]
     shutil.copytree(entry / "export", directory)
-    return ExportedModel(
-        target.id,
-        directory,
-        meta["model_file"],
-        tuple(meta["input_names"]),
-        tuple(meta["output_names"]),
-    )
+    return _from_meta(target.id, directory, meta)

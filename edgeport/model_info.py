@@ -98,6 +98,9 @@ _ARCHITECTURE_TASKS: tuple[tuple[str, str], ...] = (
     ("ForCTC", "automatic-speech-recognition"),
     ("ForAudioClassification", "audio-classification"),
     ("ForObjectDetection", "object-detection"),
+    # Two towers trained to agree (CLIP, SigLIP): their use is zero-shot classification.
+    ("CLIPModel", "zero-shot-image-classification"),
+    ("SiglipModel", "zero-shot-image-classification"),
     ("Model", "feature-extraction"),
 )
 
@@ -279,9 +282,9 @@ def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo
     if config.get("is_encoder_decoder"):
         raise UnsupportedError("encoder-decoder models are not supported yet")
     params, weight_bytes, dtype = count_weights(folder)
-    dims = _dims(config)
-
     family_fields = family.inspect(folder, config, chosen_task)
+    # Two-tower models keep their dimensions in sub-configs: the family says which count.
+    dims = family_fields.pop("dims", None) or _dims(config)
     max_length = family_fields.pop("max_length", None) or dims.max_positions or 512
     if dims.max_positions:
         max_length = min(max_length, dims.max_positions)

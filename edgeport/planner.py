@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
+from edgeport.families import families as known_families
 from edgeport.families import family_of
 from edgeport.schemas import (
     INT8_DOT_FEATURES,
@@ -210,6 +211,12 @@ def plan(
     features = profile.feature_set
     budget_mb = profile.usable_memory_mb
 
+    # A multi-part model takes the recipes of its own family and those written for its
+    # first part, the graph a device runs per input (vision recipes for CLIP's image
+    # tower); edgeport.parts keeps the other parts at full precision.
+    family = known_families().get(model.family)  # unknown: every recipe drops below
+    first_part = family.export_parts(model)[:1] if family else ()
+    fitting_kinds = {model.family, *(part.kind for part in first_part)}
     for recipe in sorted(recipes, key=lambda r: r.id):
         if only_recipes is not None and recipe.id not in only_recipes:
             continue
@@ -225,7 +232,7 @@ def plan(
             )
             continue
         families = recipe.requires.families or target.families
-        if model.family not in families or model.family not in target.families:
+        if not fitting_kinds.intersection(families) or model.family not in target.families:
             dropped.append(
                 _drop(recipe, "family", f"made for {'/'.join(families)} models, not {model.family}")
             )

@@ -51,7 +51,9 @@ CpuFeature = Literal[
     "sve2",
 ]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
-Family = Literal["encoder", "decoder", "encoder-decoder", "vision", "audio", "diffusion"]
+Family = Literal[
+    "encoder", "decoder", "encoder-decoder", "vision", "image-text", "audio", "diffusion"
+]
 AcceleratorKind = Literal["gpu", "igpu", "npu", "dsp"]
 
 # CPU features that give a real int8 dot-product instruction (VNNI-class); without one,
@@ -762,6 +764,17 @@ class FileEntry(StrictModel):
     bytes: int
 
 
+class PartSpec(StrictModel):
+    """One graph of a multi-part model (CLIP's image tower), as the bundle ships it."""
+
+    name: str
+    model_file: str
+    files: list[str]
+    input_names: list[str]
+    output_names: list[str]
+    precision: Precision
+
+
 class RuntimeSpec(StrictModel):
     """What the on-device runner needs to know; read by run.py from manifest.json."""
 
@@ -791,6 +804,18 @@ class RuntimeSpec(StrictModel):
     eos_token_ids: list[int] = Field(
         default_factory=list, description="Language models: tokens that end generation."
     )
+    parts: list[PartSpec] = Field(
+        default_factory=list,
+        description="Multi-part models: every graph, each loaded on its own; `model_file`, "
+        "`input_names` and `output_names` above describe the first. Empty for one graph.",
+    )
+    # Zero-shot image classification: how label prompts are written and tokenised, and
+    # how an image and a prompt embedding become a score.
+    prompt_template: str | None = None
+    padding: Literal["longest", "max_length"] = "longest"
+    scores: Literal["softmax", "sigmoid"] | None = None
+    logit_scale: float | None = Field(default=None, description="exp() of the model's own.")
+    logit_bias: float | None = None
 
 
 class GoldenSpec(StrictModel):
@@ -808,6 +833,11 @@ class GoldenSpec(StrictModel):
     tokens: list[int] = Field(description="Token count of each text (no padding).")
     input_names: list[str]
     output_names: list[str]
+    sample_parts: list[str] = Field(
+        default_factory=list,
+        description="Multi-part models: the part each sample runs through (its input and "
+        "output names are the part's in runtime.parts). Empty for one graph.",
+    )
     thresholds: dict[str, float] = Field(
         description="Task metric -> minimum: the tolerance validation gated on, defaults filled in."
     )

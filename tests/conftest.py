@@ -170,3 +170,65 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (TINY_LLAMA / "tokenizer.json").is_file():
         pytest.skip(f"{TINY_LLAMA} is absent")
     return build_tiny_decoder(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def build_tiny_two_tower(folder: Path, model_type: str = "clip", seed: int = 0) -> Path:
+    """A random CLIP or SigLIP (image tower, text tower) with a word-level fast tokenizer,
+    for shape and plumbing tests: zero-shot quality needs examples/vision/tiny-clip."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w.strip(".,").lower() for line in TRAINING_TEXT for w in line.split()})
+    words += ["this", "is", "photo", "of", "cat", "dog", "rocket", "coffee", "astronaut"]
+    specials = ["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys([*specials, *words]))}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)],
+    )
+    pad = eos if model_type == "clip" else vocab["<pad>"]
+    max_positions = 16
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>" if model_type == "clip" else "<pad>",
+        unk_token="<unk>",
+        model_max_length=max_positions,
+        model_input_names=["input_ids", "attention_mask"],
+    ).save_pretrained(str(folder))
+    text = dict(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=max_positions, bos_token_id=bos,
+        eos_token_id=eos, pad_token_id=pad, projection_dim=16,
+    )  # fmt: skip
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        image_size=32, patch_size=8, projection_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    if model_type == "clip":
+        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+        processor = CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        )
+    else:
+        from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+        model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+        with torch.no_grad():  # random init leaves both at 0: the formula needs them
+            model.logit_scale.fill_(2.3)
+            model.logit_bias.fill_(-1.5)
+        processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return folder

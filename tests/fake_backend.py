@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edgeport.backends import Artifact, ExportedModel, Feeds
+from edgeport.backends import Artifact, ExportedModel, Feeds, PartSource
 from edgeport.families import BenchWorkload
 from edgeport.schemas import (
     Candidate,
@@ -89,7 +89,14 @@ class FakeBackend:
     # recipe id -> what it does; tests replace it (monkeypatch) for their scenario.
     script: ClassVar[dict[str, Scripted]] = {}
 
-    def export(self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool) -> ExportedModel:
+    def export(
+        self,
+        model: ModelInfo,
+        workdir: Path,
+        *,
+        trust_remote_code: bool,
+        parts: Sequence[PartSource] = (),
+    ) -> ExportedModel:
         _write(workdir, 1.0, BASELINE_MS)
         return ExportedModel(self.target_id, workdir, MODEL_FILE, ("x",), ("accuracy",))
 

@@ -61,10 +61,15 @@ def test_build_two_profiles_reuses_the_export_and_survives_a_bad_pair(
     original = OnnxRuntimeBackend.export
 
     def counting(
-        self: OnnxRuntimeBackend, model: Any, workdir: Path, *, trust_remote_code: bool
+        self: OnnxRuntimeBackend,
+        model: Any,
+        workdir: Path,
+        *,
+        trust_remote_code: bool,
+        parts: Any = (),
     ) -> Any:
         exports.append(str(model.local_path))
-        return original(self, model, workdir, trust_remote_code=trust_remote_code)
+        return original(self, model, workdir, trust_remote_code=trust_remote_code, parts=parts)
 
     monkeypatch.setattr(OnnxRuntimeBackend, "export", counting)
     # A valid profile the model cannot fit: the pair fails when it runs, not up front.

@@ -26,19 +26,49 @@ Feeds = dict[str, "np.ndarray"]
 
 
 @dataclass(frozen=True)
+class PartSource:
+    """One graph a family cuts out of the task's PyTorch model: a method of that model
+    (CLIP's `get_image_features`), exported alone with these input and output names.
+
+    `kind` is the family whose recipes fit the part ("vision" for an image tower,
+    "encoder" for a text tower): a candidate's recipe quantises the parts of its kind and
+    leaves the others at full precision.
+    """
+
+    name: str
+    kind: str
+    method: str
+    input_names: tuple[str, ...]
+    output_name: str
+
+
+@dataclass(frozen=True)
 class ExportedModel:
-    """The plain fp32 export for one target, shared by every candidate of that target."""
+    """The plain fp32 export for one target, shared by every candidate of that target.
+
+    A multi-part model (CLIP's image and text towers) lists its graphs in `parts`, each
+    an ExportedModel of one graph with its `part` name and `kind`; the top-level fields
+    then describe the first part, the one a device runs per input (timed by the bench).
+    """
 
     target_id: str
     directory: Path
     model_file: str
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    part: str = ""
+    kind: str = ""
+    parts: tuple[ExportedModel, ...] = ()
 
 
 @dataclass(frozen=True)
 class Artifact:
-    """Files produced for one candidate; `model_file` is relative to `directory`."""
+    """Files produced for one candidate; `model_file` is relative to `directory`.
+
+    A multi-part artifact lists each part as an Artifact of its own in `parts` (each in
+    its own directory; file names are distinct across parts, so a bundle stays flat), and
+    its top-level fields are its first part's: what the bench times.
+    """
 
     directory: Path
     model_file: str
@@ -46,6 +76,10 @@ class Artifact:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    part: str = ""
+    # The precision the part was built in (parts of one artifact may differ).
+    precision: str = ""
+    parts: tuple[Artifact, ...] = ()
 
     @property
     def model_path(self) -> Path:
@@ -53,15 +87,45 @@ class Artifact:
 
     @property
     def size_bytes(self) -> int:
+        if self.parts:
+            return sum(part.size_bytes for part in self.parts)
         return sum((self.directory / name).stat().st_size for name in self.files)
 
     @property
     def model_bytes(self) -> int:
         """The model's own files (graph and weights), without tokenizer files beside them."""
+        if self.parts:
+            return sum(part.model_bytes for part in self.parts)
         stem = self.model_file.rsplit(".", 1)[0]
         return sum(
             (self.directory / name).stat().st_size for name in self.files if name.startswith(stem)
         )
+
+    def single_parts(self) -> tuple[Artifact, ...]:
+        """Every graph of the artifact: its parts, or itself for a one-graph model."""
+        return self.parts or (self,)
+
+
+def exported_parts(
+    target_id: str,
+    directory: Path,
+    parts: Sequence[tuple[PartSource, str, tuple[tuple[str, ...], tuple[str, ...]]]],
+) -> ExportedModel:
+    """A multi-part export from (part, model file, (input names, output names)) rows,
+    all in `directory`; the first part is also the top-level graph."""
+    graphs = tuple(
+        ExportedModel(target_id, directory, file, inputs, outputs, part=part.name, kind=part.kind)
+        for part, file, (inputs, outputs) in parts
+    )
+    first = graphs[0]
+    return ExportedModel(
+        target_id,
+        directory,
+        first.model_file,
+        first.input_names,
+        first.output_names,
+        parts=graphs,
+    )
 
 
 class InferenceSession(Protocol):
@@ -87,8 +151,16 @@ class DecoderSession(Protocol):
 class Backend(Protocol):
     target_id: str
 
-    def export(self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool) -> ExportedModel:
-        """Export the original model at full precision."""
+    def export(
+        self,
+        model: ModelInfo,
+        workdir: Path,
+        *,
+        trust_remote_code: bool,
+        parts: Sequence[PartSource] = (),
+    ) -> ExportedModel:
+        """Export the original model at full precision: whole, or as the given parts
+        (each its own graph, made from the task model by backends/torch_parts.py)."""
 
     def build(
         self,
@@ -101,7 +173,8 @@ class Backend(Protocol):
         """Optimise and quantise the export as the candidate's recipe says."""
 
     def load(self, artifact: Artifact, device: str, threads: int) -> InferenceSession:
-        """An inference session on this host (validation runs here, on CPU)."""
+        """An inference session on this host (validation runs here, on CPU), for an
+        artifact of one graph (edgeport.parts loads each part of the others)."""
 
     @staticmethod
     def host_devices() -> list[str]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeport.backends import Artifact, ExportedModel, Feeds
+from edgeport.backends import Artifact, ExportedModel, Feeds, PartSource, exported_parts
 from edgeport.backends.onnxruntime_decoder import (
     FUSION_TOLERANCE,
     OnnxDecoderSession,
@@ -60,11 +60,15 @@ def session_options(threads: int) -> Any:
 
 
 class OnnxSession:
-    def __init__(self, path: Path, threads: int) -> None:
+    """A graph from a file, or serialised in memory (the sensitivity ranking's variants)."""
+
+    def __init__(self, path: Path | bytes, threads: int) -> None:
         import onnxruntime as ort
 
         self._session = ort.InferenceSession(
-            str(path), session_options(threads), providers=["CPUExecutionProvider"]
+            path if isinstance(path, bytes) else str(path),
+            session_options(threads),
+            providers=["CPUExecutionProvider"],
         )
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
@@ -99,8 +103,9 @@ def _compile(path: Path) -> Callable[[Feeds], list[np.ndarray]]:
     return lambda feeds: [np.asarray(v) for v in session.run(feeds).values()]
 
 
-def _model_files(directory: Path) -> tuple[str, ...]:
-    return tuple(sorted(p.name for p in directory.iterdir() if p.name.startswith("model.onnx")))
+def _model_files(directory: Path, model_file: str = MODEL_FILE) -> tuple[str, ...]:
+    """The graph and its external-data files (`model.onnx`, `model.onnx.data`)."""
+    return tuple(sorted(p.name for p in directory.iterdir() if p.name.startswith(model_file)))
 
 
 def _io_names(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -136,10 +141,24 @@ class OnnxRuntimeBackend:
 
         return [str(name) for name in onnxruntime.get_available_providers()]
 
-    def export(self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool) -> ExportedModel:
+    def export(
+        self,
+        model: ModelInfo,
+        workdir: Path,
+        *,
+        trust_remote_code: bool,
+        parts: Sequence[PartSource] = (),
+    ) -> ExportedModel:
         from optimum.exporters.onnx import main_export
 
         out = workdir / "export"
+        if parts:
+            from edgeport.backends import torch_parts
+
+            task_model = torch_parts.task_model(model, trust_remote_code=trust_remote_code)
+            files = torch_parts.export_onnx(task_model, parts, out)
+            graphs = [(p, f, _io_names(out / f)) for p, f in zip(parts, files, strict=True)]
+            return exported_parts(self.target_id, out, graphs)
         try:
             # Tracing emits TracerWarnings by design (attention masks, KV caches); under
             # `-W error` they would abort the export.
@@ -194,7 +213,7 @@ class OnnxRuntimeBackend:
                     source, workdir / "unpadded.onnx", calibration, model.max_length
                 )
 
-        target = workdir / "out" / MODEL_FILE
+        target = workdir / "out" / exported.model_file
         target.parent.mkdir(parents=True, exist_ok=True)
         quantization = recipe.quantize
         converted = self._convert(source, target, quantization, calibration, workdir)
@@ -208,8 +227,8 @@ class OnnxRuntimeBackend:
         inputs, outputs = _io_names(target)
         return Artifact(
             directory=target.parent,
-            model_file=MODEL_FILE,
-            files=_model_files(target.parent),
+            model_file=target.name,
+            files=_model_files(target.parent, target.name),
             input_names=inputs,
             output_names=outputs,
             notes=tuple(notes),
@@ -272,6 +291,18 @@ class OnnxRuntimeBackend:
         if has_kv_cache(graph_input_names(artifact.model_path)):
             return OnnxDecoderSession(artifact.model_path, session_options(threads))
         return OnnxSession(artifact.model_path, threads)
+
+    def rank_sensitive_nodes(
+        self, artifact: Artifact, probe: Callable[[Any], float], threads: int
+    ) -> list[tuple[str, float]]:
+        """Score each quantised Conv/MatMul/Gemm of a QDQ model alone (every other QDQ
+        pair bypassed), most harmful first; `quantize.exclude_nodes` takes these names
+        (onnxruntime_sensitivity.py). Empty for models without QDQ pairs."""
+        from edgeport.backends.onnxruntime_sensitivity import rank_sensitive_nodes
+
+        return rank_sensitive_nodes(
+            artifact.model_path, probe, lambda model: OnnxSession(model, threads)
+        )
 
     # ------------------------------------------------- decoder (language model) steps
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeport.backends import Artifact, ExportedModel, Feeds
+from edgeport.backends import Artifact, ExportedModel, Feeds, PartSource, exported_parts
 from edgeport.backends.openvino_decoder import (
     OpenVinoDecoderSession,
     calibration_items,
@@ -162,6 +162,11 @@ def weight_input_channels(model: Any) -> list[int]:
     return channels
 
 
+def _weights_file(model_file: str) -> str:
+    """The weights beside an IR graph: `openvino_model.xml` -> `openvino_model.bin`."""
+    return f"{model_file.removesuffix('.xml')}.bin"
+
+
 def _copy_tokenizer(source: Path, target: Path) -> tuple[str, ...]:
     copied: list[str] = []
     for group in (TOKENIZER_FILES, DETOKENIZER_FILES):
@@ -227,11 +232,28 @@ class OpenVinoBackend:
         # "GPU.0", "GPU.1" are instances of one device kind: the profile names the kind.
         return [str(name).split(".")[0] for name in _core().available_devices]
 
-    def export(self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool) -> ExportedModel:
+    def export(
+        self,
+        model: ModelInfo,
+        workdir: Path,
+        *,
+        trust_remote_code: bool,
+        parts: Sequence[PartSource] = (),
+    ) -> ExportedModel:
         from optimum.exporters.openvino import main_export
         from optimum.intel import OVConfig
 
         out = workdir / "export"
+        if parts:
+            from edgeport.backends import torch_parts
+
+            task_model = torch_parts.task_model(model, trust_remote_code=trust_remote_code)
+            files = torch_parts.export_openvino(task_model, parts, out)
+            graphs = [
+                (part, file, _io_names(_core().read_model(str(out / file))))
+                for part, file in zip(parts, files, strict=True)
+            ]
+            return exported_parts(self.target_id, out, graphs)
         try:
             # Tracing emits TracerWarnings by design; under `-W error` they would abort it.
             with warnings.catch_warnings():
@@ -301,6 +323,7 @@ class OpenVinoBackend:
         excluded = quantization.exclude_nodes
         out = workdir / (f"out-{len(excluded)}-float" if excluded else "out")
         out.mkdir(parents=True, exist_ok=True)
+        model_file, weights_file = exported.model_file, _weights_file(exported.model_file)
         ir = _core().read_model(str(exported.directory / exported.model_file))
         family = family_of(model)
         unpad = candidate.recipe.graph.remove_padding and family.pads_tokens
@@ -330,7 +353,7 @@ class OpenVinoBackend:
                     ir, quantization, calibration, exported.input_names, transformer=transformer
                 )
                 if quantization.mixed_precision and not excluded:
-                    _QUANTIZED_IN_MEMORY[str(out / MODEL_FILE)] = self._quantize_static(
+                    _QUANTIZED_IN_MEMORY[str(out / model_file)] = self._quantize_static(
                         graph,
                         quantization,
                         calibration,
@@ -342,7 +365,7 @@ class OpenVinoBackend:
                     notes.append(f"kept in float (weights and activations): {', '.join(excluded)}")
             else:
                 raise UnsupportedError(f"OpenVINO backend has no {scheme!r} quantisation")
-        ov.save_model(result, str(out / MODEL_FILE), compress_to_fp16=scheme == "fp16")
+        ov.save_model(result, str(out / model_file), compress_to_fp16=scheme == "fp16")
         if unpad:
             # Padding goes last, from the model as it ships: NNCF statically quantises
             # per tensor and calibrates on single texts, so quantising first changes
@@ -358,7 +381,7 @@ class OpenVinoBackend:
                 )
             )
 
-        files = [MODEL_FILE, WEIGHTS_FILE]
+        files = [model_file, weights_file]
         tokenizer_files = _copy_tokenizer(exported.directory, out)
         files += tokenizer_files
         note_path = exported.directory / _TOKENIZER_NOTE
@@ -372,7 +395,7 @@ class OpenVinoBackend:
         inputs, outputs = _io_names(result)
         return Artifact(
             directory=out,
-            model_file=MODEL_FILE,
+            model_file=model_file,
             files=tuple(files),
             input_names=inputs,
             output_names=outputs,

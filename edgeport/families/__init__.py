@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from edgeport.errors import UnsupportedError
 
 if TYPE_CHECKING:
-    from edgeport.backends import ExportedModel, Feeds, InferenceSession
+    from edgeport.backends import ExportedModel, Feeds, InferenceSession, PartSource
     from edgeport.planner import Objective
     from edgeport.schemas import DeviceProfile, GoldenSpec, ModelInfo, Tolerance, ValidationReport
     from edgeport.validate import Evaluation, ReferenceModel
@@ -74,6 +74,10 @@ class Family(Protocol):
     pads_tokens: bool
 
     def load_samples(self, path: Path | None) -> Samples: ...
+
+    def export_parts(self, model: ModelInfo) -> tuple[PartSource, ...]:
+        """The graphs to cut out of the task model and export one by one (CLIP's image
+        and text towers); () exports the model as optimum does, as one graph."""
 
     def inspect(self, folder: Path, config: dict[str, Any], task: str) -> dict[str, Any]:
         """Family-specific ModelInfo fields read from the model folder (no weights)."""

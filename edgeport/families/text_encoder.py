@@ -22,7 +22,7 @@ from edgeport.validate import (
 )
 
 if TYPE_CHECKING:
-    from edgeport.backends import ExportedModel, InferenceSession
+    from edgeport.backends import ExportedModel, InferenceSession, PartSource
     from edgeport.planner import Objective
     from edgeport.samples import SampleSet
     from edgeport.schemas import DeviceProfile, GoldenSpec, ModelInfo, Tolerance, ValidationReport
@@ -138,6 +138,9 @@ class TextEncoder(TokenizedText):
                 ("embedding_cosine_mean", "embedding_cosine_mean_min"),
             )
         return (("top1_agreement", "top1_agreement_min"),)
+
+    def export_parts(self, model: ModelInfo) -> tuple[PartSource, ...]:
+        return ()  # one graph, exported by optimum
 
     def load_samples(self, path: Path | None) -> SampleSet:
         from edgeport.samples import load_samples

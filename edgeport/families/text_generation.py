@@ -16,7 +16,7 @@ from edgeport.text_inputs import TokenizedText
 from edgeport.validate import Evaluation, ReferenceModel, compare, decoder_metrics, run_batches
 
 if TYPE_CHECKING:
-    from edgeport.backends import ExportedModel, Feeds, InferenceSession
+    from edgeport.backends import ExportedModel, Feeds, InferenceSession, PartSource
     from edgeport.planner import Objective
     from edgeport.samples import SampleSet
     from edgeport.schemas import DeviceProfile, GoldenSpec, ModelInfo, Tolerance, ValidationReport
@@ -170,6 +170,9 @@ class TextGeneration(TokenizedText):
 
     def thresholds(self, task: str) -> tuple[tuple[str, str], ...]:
         return (("next_token_agreement", "next_token_agreement_min"),)
+
+    def export_parts(self, model: ModelInfo) -> tuple[PartSource, ...]:
+        return ()  # one graph, exported by optimum
 
     def load_samples(self, path: Path | None) -> SampleSet:
         from edgeport.samples import load_samples

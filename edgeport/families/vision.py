@@ -38,7 +38,7 @@ from edgeport.validate import (
 if TYPE_CHECKING:
     from PIL import Image
 
-    from edgeport.backends import ExportedModel, Feeds, InferenceSession
+    from edgeport.backends import ExportedModel, Feeds, InferenceSession, PartSource
     from edgeport.planner import Objective
     from edgeport.schemas import DeviceProfile, GoldenSpec, ModelInfo, Tolerance, ValidationReport
     from edgeport.validate import MetricList
@@ -155,6 +155,9 @@ class Vision:
     pads_tokens = False
     default_objective: Objective = "latency"
     batch = 8
+
+    def export_parts(self, model: ModelInfo) -> tuple[PartSource, ...]:
+        return ()  # one graph, exported by optimum
 
     def load_samples(self, path: Path | None) -> ImageSamples:
         return builtin_samples() if path is None else user_samples(path)

@@ -120,6 +120,8 @@ def check_paths(bundle: Path, manifest: Mapping[str, Any]) -> None:
     if not isinstance(runtime, dict):
         raise BundleError(f"{MANIFEST}: 'runtime' must be an object")
     checked_path(bundle, runtime.get("model_file"), "runtime.model_file")
+    for part in parts(runtime):
+        checked_path(bundle, part.get("model_file"), "runtime.parts[].model_file")
     golden = manifest.get("golden")
     if golden is not None:
         if not isinstance(golden, dict):
@@ -463,8 +465,61 @@ RUNTIMES: dict[
 }
 
 
+def parts(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The graphs of a bundle: runtime.parts, or the one graph the top-level fields name."""
+    listed = spec.get("parts") or []
+    if not isinstance(listed, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("name"), str) for p in listed
+    ):
+        raise BundleError(f"{MANIFEST}: runtime.parts must list objects with a 'name'")
+    if listed:
+        return [dict(p) for p in listed]
+    return [
+        {
+            "name": "",
+            "model_file": spec.get("model_file"),
+            "input_names": spec.get("input_names") or [],
+            "output_names": spec.get("output_names") or [],
+        }
+    ]
+
+
+def load_parts(
+    bundle: Path, spec: Mapping[str, Any], threads: int | None = None
+) -> tuple[dict[str, RunFn], dict[str, Any]]:
+    """Every graph of the bundle loaded: {part name: run}, and the runtime's info."""
+    runs: dict[str, RunFn] = {}
+    info: dict[str, Any] = {}
+    for part in parts(spec):
+        runs[part["name"]], info = _load_one(bundle, {**spec, **part}, threads)
+    return runs, info
+
+
+def part_of(spec: Mapping[str, Any], feeds: Mapping[str, Any]) -> str:
+    """The part whose inputs `feeds` carries (pixels: the image tower; ids: the text one)."""
+    for part in parts(spec):
+        if set(part["input_names"]) <= feeds.keys():
+            return str(part["name"])
+    raise BundleError(f"no part of this model takes inputs {sorted(feeds)}")
+
+
 def load_runtime(
     bundle: Path, spec: Mapping[str, Any], threads: int | None = None
+) -> tuple[RunFn, dict[str, Any]]:
+    """One run function for the whole model: a multi-part model's sends each batch to
+    the part whose inputs it carries."""
+    if len(parts(spec)) == 1:
+        return _load_one(bundle, spec, threads)
+    runs, info = load_parts(bundle, spec, threads)
+
+    def run(feeds: Mapping[str, Array]) -> Outputs:
+        return runs[part_of(spec, feeds)](feeds)
+
+    return run, info
+
+
+def _load_one(
+    bundle: Path, spec: Mapping[str, Any], threads: int | None
 ) -> tuple[RunFn, dict[str, Any]]:
     target = spec.get("runner") or spec.get("target")
     loader = RUNTIMES.get(str(target))
@@ -491,20 +546,30 @@ def golden_keys(index: int, name: str, kind: str) -> str:
 
 
 def load_golden(
-    bundle: Path, golden: Mapping[str, Any]
+    bundle: Path, golden: Mapping[str, Any], spec: Mapping[str, Any] | None = None
 ) -> list[tuple[dict[str, Array], dict[str, Array]]]:
+    """(inputs, reference outputs) of each golden sample; a multi-part model's samples
+    each carry the names of the part they run through (golden.sample_parts)."""
     path = checked_path(bundle, golden.get("file", GOLDEN_FILE), "golden.file")
     try:
         count = len(golden["texts"])
-        input_names = list(golden["input_names"])
-        output_names = list(golden["output_names"])
+        names = [(list(golden["input_names"]), list(golden["output_names"]))] * count
+        sample_parts = golden.get("sample_parts") or []
+        if sample_parts:
+            by_name = {p["name"]: p for p in parts(spec or {})}
+            names = [
+                (list(by_name[p]["input_names"]), list(by_name[p]["output_names"]))
+                for p in sample_parts
+            ]
+            if len(names) != count:
+                raise ValueError(f"{len(names)} sample_parts for {count} samples")
         with np.load(path, allow_pickle=False) as data:
             return [
                 (
-                    {name: data[golden_keys(i, name, "input")] for name in input_names},
-                    {name: data[golden_keys(i, name, "output")] for name in output_names},
+                    {name: data[golden_keys(i, name, "input")] for name in inputs},
+                    {name: data[golden_keys(i, name, "output")] for name in outputs},
                 )
-                for i in range(count)
+                for i, (inputs, outputs) in enumerate(names)
             ]
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path.name}: golden data unreadable or incomplete: {exc}") from exc
@@ -584,6 +649,86 @@ def image_embedding_metrics(
     }
 
 
+# Zero-shot image classification (CLIP, SigLIP): an image tower and a text tower, whose
+# embeddings are compared as the original model compares them.
+ZERO_SHOT_TASK = "zero-shot-image-classification"
+IMAGE_EMBEDS = "image_embeds"
+TEXT_EMBEDS = "text_embeds"
+
+
+def unit_rows(a: Array) -> Array:
+    a = np.asarray(a, dtype=np.float64)
+    return a / np.clip(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12, None)
+
+
+def zero_shot_scores(image_embeds: Array, text_embeds: Array, spec: Mapping[str, Any]) -> Array:
+    """Each image's (row) score for each label prompt (column), as the original model
+    computes `logits_per_image`: the cosine times exp(logit_scale), plus SigLIP's bias;
+    then a softmax over the labels (CLIP) or a sigmoid per label (SigLIP, whose scores
+    do not sum to one)."""
+    logits = float(spec.get("logit_scale") or 1.0) * (
+        unit_rows(image_embeds) @ unit_rows(text_embeds).T
+    )
+    logits = logits + float(spec.get("logit_bias") or 0.0)
+    if spec.get("scores") == "sigmoid":
+        return np.asarray(1.0 / (1.0 + np.exp(-logits)))
+    return softmax(logits)
+
+
+def encode_prompts(
+    tokenizer_file: Path, prompts: Sequence[str], spec: Mapping[str, Any]
+) -> dict[str, Array]:
+    """Label prompts as the text tower's inputs, with the `tokenizers` library alone:
+    truncated to max_length and padded to the longest prompt (CLIP) or to max_length
+    (SigLIP), with the model's pad token; the host's validation uses this same code."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    max_length = int(spec.get("max_length") or 0)
+    if max_length:
+        tokenizer.enable_truncation(max_length)
+    length = max_length if spec.get("padding") == "max_length" and max_length else None
+    tokenizer.enable_padding(pad_id=int(spec.get("pad_token_id") or 0), length=length)
+    encodings = tokenizer.encode_batch(list(prompts))
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+    }
+
+
+def zero_shot_metrics(
+    reference: Sequence[Mapping[str, Array]],
+    actual: Sequence[Mapping[str, Array]],
+    spec: Mapping[str, Any],
+) -> dict[str, float]:
+    """The worst image and prompt embedding cosines, and how often the converted towers
+    pick the original's label: every image against the largest set of prompts, each
+    model scoring with its own embeddings."""
+
+    def rows(outputs: Sequence[Mapping[str, Array]], name: str) -> list[Array]:
+        return [np.asarray(o[name]) for o in outputs if name in o]
+
+    metrics: dict[str, float] = {}
+    for name, metric in ((IMAGE_EMBEDS, "image"), (TEXT_EMBEDS, "text")):
+        pairs = [(r[name], a[name]) for r, a in zip(reference, actual, strict=True) if name in r]
+        cosines = np.concatenate([cosine_rows(r, a) for r, a in pairs]) if pairs else np.zeros(0)
+        metrics[f"{metric}_embedding_cosine_min"] = float(cosines.min()) if cosines.size else 0.0
+    texts_ref, texts_got = rows(reference, TEXT_EMBEDS), rows(actual, TEXT_EMBEDS)
+    images_ref, images_got = rows(reference, IMAGE_EMBEDS), rows(actual, IMAGE_EMBEDS)
+    if not (texts_ref and images_ref):
+        metrics["zero_shot_top1_agreement"] = 0.0
+        return metrics
+    widest = max(range(len(texts_ref)), key=lambda i: texts_ref[i].shape[0])
+    expected = zero_shot_scores(np.concatenate(images_ref), texts_ref[widest], spec)
+    got = zero_shot_scores(np.concatenate(images_got), texts_got[widest], spec)
+    metrics["zero_shot_top1_agreement"] = float(
+        (expected.argmax(axis=-1) == got.argmax(axis=-1)).mean()
+    )
+    return metrics
+
+
 def valid_positions(feeds: Mapping[str, Array], array: Array) -> Array:
     """Values at real (non-padding) token positions, when the output is per token."""
     mask = feeds.get("attention_mask")
@@ -614,6 +759,8 @@ def task_metrics(
         return image_embedding_metrics(
             [ref for _, ref in pairs], actual, spec.get("embedding_output") or ""
         )
+    if task == ZERO_SHOT_TASK:
+        return zero_shot_metrics([ref for _, ref in pairs], actual, spec)
     name = spec["output_names"][0]
     if task == "feature-extraction":
         cosines = np.concatenate(
@@ -997,3 +1144,305 @@ def pixel_values(
             f"images preprocess to different sizes {sorted(shapes)}; batch them one by one"
         )
     return np.stack(arrays)
+
+
+# --------------------------------------------------------------------------- audio
+#
+# Speech models (Whisper): what run.py and verify.py need to turn a recording into the
+# model's input_features on a device that has numpy and the standard library only. WAV
+# files are decoded with the standard library's `wave`, plus a small RIFF reader for the PCM
+# that `wave` refuses before Python 3.12 (WAVE_FORMAT_EXTENSIBLE headers, which many
+# recorders write); other rates are resampled to the model's with a windowed-sinc filter.
+#
+# `whisper_features` reproduces transformers' (4.57) WhisperFeatureExtractor on its numpy
+# path (the one it takes without torch) operation for operation and dtype for dtype: float32
+# padding, reflect padding in float32, the STFT in float64 stored as complex64, the power
+# and the mel projection in float64, log10 cast to float32, and the clamp and scaling in
+# float32. With torch installed the extractor takes a float32 torch.stft path instead,
+# which differs from its own numpy path by up to ~5e-5 (measured on speech-like audio).
+# `wave`, `struct` and `math` are imported where they are used, like the runtimes.
+
+# WhisperFeatureExtractor's constructor defaults: what transformers uses for a key the
+# preprocessor_config.json leaves out.
+WHISPER_DEFAULTS: dict[str, Any] = {
+    "feature_size": 80,
+    "sampling_rate": 16000,
+    "hop_length": 160,
+    "chunk_length": 30,
+    "n_fft": 400,
+    "padding_value": 0.0,
+    "padding_side": "right",
+}
+_WAVE_PCM, _WAVE_EXTENSIBLE = 0x0001, 0xFFFE
+_WAVE_FORMATS = {
+    0x0002: "Microsoft ADPCM",
+    0x0003: "IEEE float",
+    0x0006: "A-law",
+    0x0007: "µ-law",
+    0x0011: "IMA ADPCM",
+    0x0031: "GSM 6.10",
+    0x0055: "MP3",
+}
+# A WAVE_FORMAT_EXTENSIBLE SubFormat GUID is the old format tag (2 bytes, little-endian)
+# followed by these 14 bytes: KSDATAFORMAT_SUBTYPE_PCM is tag 1, ..._IEEE_FLOAT tag 3.
+_SUBFORMAT_TAIL = bytes.fromhex("000000001000800000aa00389b71")
+# The resampler's windowed sinc: zero crossings on each side (at the lower of the two
+# rates), cutoff as a fraction of the lower Nyquist frequency, and the Kaiser window's beta.
+# Measured 44.1 kHz → 16 kHz: flat to 7 kHz (-0.05 dB), -4.5 dB at 7.5 kHz, and tones from
+# 8.5 kHz up (which would alias into the speech band) at -100 dB or below.
+_RESAMPLE_ZEROS = 32
+_RESAMPLE_ROLLOFF = 0.945
+_RESAMPLE_BETA = 10.0
+_RESAMPLE_BLOCK = 4096  # output samples per step: bounds the gathered (block, taps) arrays
+
+
+class AudioError(ValueError):
+    """An audio file this module will not read; the message is one line that says why."""
+
+
+def read_wav(path: str | Path) -> tuple[Array, int]:
+    """The file's samples as float32 mono in [-1, 1] (channels averaged), and its rate in Hz.
+
+    Reads 8-bit (unsigned), 16-, 24- and 32-bit integer PCM, in a plain or an extensible
+    header, at any rate and with any number of channels. Raises AudioError for anything
+    else (float or compressed WAV, not a WAV file, no samples, a truncated file); a file
+    that cannot be opened raises the OSError as usual.
+    """
+    import wave
+
+    path = Path(path)
+    try:
+        with wave.open(str(path), "rb") as handle:
+            channels, width = handle.getnchannels(), handle.getsampwidth()
+            rate, frames = handle.getframerate(), handle.getnframes()
+            data = handle.readframes(frames)
+    except (wave.Error, EOFError) as exc:
+        # `wave` knows only format 1 before 3.12; read the header here to accept PCM in an
+        # extensible header and to name any other format in the message.
+        channels, width, rate, frames, data = _riff_pcm(path, exc)
+    return _pcm_samples(path, data, channels, width, rate, frames), rate
+
+
+def _riff_pcm(path: Path, cause: Exception) -> tuple[int, int, int, int, bytes]:
+    """(channels, bytes per sample, rate, frames, sample bytes) of a PCM WAV `wave` refused."""
+    import struct
+
+    blob = path.read_bytes()
+    if blob[:4] in (b"RIFX", b"RF64", b"BW64"):
+        raise AudioError(f"{path}: {blob[:4].decode()} WAV is not supported; PCM in RIFF only")
+    if len(blob) < 12 or blob[:4] != b"RIFF" or blob[8:12] != b"WAVE":
+        raise AudioError(f"{path}: not a WAV file (no RIFF/WAVE header)")
+    fmt: bytes | None = None
+    data: bytes | None = None
+    declared, position = 0, 12  # chunks follow "RIFF", the size and "WAVE"
+    while position + 8 <= len(blob) and data is None:
+        kind, size = blob[position : position + 4], struct.unpack_from("<I", blob, position + 4)[0]
+        body = blob[position + 8 : position + 8 + size]
+        if kind == b"fmt ":
+            fmt = body
+        elif kind == b"data" and fmt is not None:
+            data, declared = body, size
+        position += 8 + size + (size & 1)  # chunks are padded to an even size
+    if fmt is None or len(fmt) < 16:
+        raise AudioError(f"{path}: truncated or malformed WAV: no complete format chunk")
+    tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", fmt)
+    if tag == _WAVE_EXTENSIBLE:
+        if len(fmt) < 40 or fmt[26:40] != _SUBFORMAT_TAIL:
+            raise AudioError(f"{path}: WAV with an unknown extensible sub-format; PCM only")
+        tag = struct.unpack_from("<H", fmt, 24)[0]
+    elif tag == _WAVE_PCM:  # plain PCM that `wave` itself refused: its reason is the one
+        raise AudioError(f"{path}: malformed PCM WAV: {str(cause) or type(cause).__name__}")
+    if tag != _WAVE_PCM:
+        name = _WAVE_FORMATS.get(tag, "format")
+        raise AudioError(
+            f"{path}: {name} WAV (format 0x{tag:04x}) is not supported: "
+            "integer PCM only; convert it to 16-bit PCM first"
+        )
+    if data is None:
+        raise AudioError(f"{path}: truncated or malformed WAV: no data chunk")
+    width = (bits + 7) // 8
+    if channels < 1 or width < 1 or block_align != channels * width:
+        raise AudioError(
+            f"{path}: malformed WAV: {channels} channels of {bits} bits "
+            f"in {block_align}-byte frames"
+        )
+    return channels, width, rate, declared // block_align, data
+
+
+def _pcm_samples(
+    path: Path, data: bytes, channels: int, width: int, rate: int, frames: int
+) -> Array:
+    if width not in (1, 2, 3, 4):
+        raise AudioError(f"{path}: {8 * width}-bit PCM is not supported (8, 16, 24 or 32-bit)")
+    if channels < 1 or rate < 1:
+        raise AudioError(f"{path}: malformed WAV: {channels} channels at {rate} Hz")
+    held = len(data) // (channels * width)
+    if held < frames:
+        raise AudioError(
+            f"{path}: truncated WAV: the header promises {frames} frames, holds {held}"
+        )
+    if frames == 0:
+        raise AudioError(f"{path}: the WAV holds no samples")
+    count = frames * channels
+    if width == 1:  # 8-bit WAV is unsigned, silence at 128
+        values = np.frombuffer(data, np.uint8, count).astype(np.float64) - 128.0
+    elif width == 3:  # no numpy dtype: place each sample in the top 3 bytes of an int32
+        wide = np.zeros((count, 4), np.uint8)
+        wide[:, 1:] = np.frombuffer(data, np.uint8, count * 3).reshape(count, 3)
+        values = wide.view("<i4").reshape(count).astype(np.float64) / 256.0
+    else:
+        values = np.frombuffer(data, f"<i{width}", count).astype(np.float64)
+    # Full scale is 2 ** (bits - 1), so -full scale reads -1.0 and the largest value just
+    # under 1.0; left-justified samples (20 valid bits in 24) scale correctly too.
+    mono = values.reshape(frames, channels).mean(axis=1) / 2.0 ** (8 * width - 1)
+    return mono.astype(np.float32)
+
+
+def _kaiser(u: Array, beta: float) -> Array:
+    """The Kaiser window over u in [-1, 1], zero outside."""
+    inside = np.abs(u) <= 1.0
+    root = np.sqrt(np.where(inside, 1.0 - u * u, 0.0))
+    return np.where(inside, np.i0(beta * root) / np.i0(beta), 0.0)
+
+
+def resample(samples: Array, from_rate: int, to_rate: int) -> Array:
+    """1-D `samples` at `from_rate` Hz resampled to `to_rate` Hz, as float32.
+
+    Band-limited: every output sample is the input filtered by a Kaiser-windowed sinc whose
+    cutoff sits just under the lower of the two Nyquist frequencies, evaluated at the output
+    sample's exact (rational) position, so downsampling 44.1 or 48 kHz speech to 16 kHz does
+    not fold its upper harmonics into the speech band. The input is taken as silent beyond
+    its ends; the result has ceil(len * to_rate / from_rate) samples.
+    """
+    import math
+
+    x = np.asarray(samples, np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"resample takes mono (1-D) samples, not shape {x.shape}")
+    for rate in (from_rate, to_rate):
+        if isinstance(rate, bool) or not isinstance(rate, int | np.integer) or rate < 1:
+            raise ValueError(f"sample rates must be positive integers, not {rate!r}")
+    if from_rate == to_rate:
+        return x.astype(np.float32)
+    common = math.gcd(int(from_rate), int(to_rate))
+    up, down = int(to_rate) // common, int(from_rate) // common
+    count = -(-len(x) * up // down)
+    # Output n lies at input position n * down / up = base + phase / up: only `up` distinct
+    # fractional positions exist, so the kernel is tabulated once per phase.
+    cutoff = _RESAMPLE_ROLLOFF * min(1.0, up / down)  # in units of the input Nyquist frequency
+    half = _RESAMPLE_ZEROS / cutoff  # the kernel's half-width, in input samples
+    taps = math.ceil(half)
+    offsets = np.arange(-taps + 1, taps + 1)  # inputs base - taps + 1 ... base + taps
+    distance = np.arange(up)[:, None] / up - offsets[None, :]
+    kernel = cutoff * np.sinc(cutoff * distance) * _kaiser(distance / half, _RESAMPLE_BETA)
+    kernel /= kernel.sum(axis=1, keepdims=True)  # exactly unit gain at DC in every phase
+    padded = np.concatenate([np.zeros(taps), x, np.zeros(taps + 1)])
+    positions = np.arange(count, dtype=np.int64) * down
+    result = np.empty(count)
+    for start in range(0, count, _RESAMPLE_BLOCK):
+        base, phase = np.divmod(positions[start : start + _RESAMPLE_BLOCK], up)
+        rows = padded[(base + taps)[:, None] + offsets[None, :]]
+        result[start : start + _RESAMPLE_BLOCK] = np.einsum("ij,ij->i", rows, kernel[phase])
+    return result.astype(np.float32)
+
+
+def load_audio(path: str | Path, sampling_rate: int) -> Array:
+    """A WAV file as float32 mono samples at `sampling_rate` Hz (read_wav, then resample)."""
+    samples, rate = read_wav(path)
+    return resample(samples, rate, sampling_rate)
+
+
+def _whisper_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The extractor settings of a preprocessor_config.json, checked, defaults filled in.
+
+    n_samples and nb_max_frames are derived, never read: WhisperFeatureExtractor recomputes
+    them from chunk_length, sampling_rate and hop_length whatever the file says. Likewise a
+    stored `mel_filters` (older configs carry one) is ignored for the filters computed from
+    the settings, and `dither` (random noise, 0 in Whisper's configs) is not applied: the
+    features stay deterministic, which verify.py relies on.
+    """
+    settings = {key: config.get(key, default) for key, default in WHISPER_DEFAULTS.items()}
+    for key in ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft"):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"preprocessor config: {key} {value!r} is not a positive integer")
+    if isinstance(settings["padding_value"], bool) or not isinstance(
+        settings["padding_value"], Real
+    ):
+        raise ValueError(f"preprocessor config: padding_value {settings['padding_value']!r}")
+    if settings["padding_side"] not in ("left", "right"):
+        raise ValueError(f"preprocessor config: padding_side {settings['padding_side']!r}")
+    settings["n_samples"] = settings["chunk_length"] * settings["sampling_rate"]
+    settings["nb_max_frames"] = settings["n_samples"] // settings["hop_length"]
+    return settings
+
+
+def slaney_mel_filters(num_frequency_bins: int, num_mel_filters: int, sampling_rate: int) -> Array:
+    """Whisper's mel filter bank, float64 (num_frequency_bins, num_mel_filters).
+
+    transformers' `mel_filter_bank(num_frequency_bins, num_mel_filters, min_frequency=0.0,
+    max_frequency=8000.0, sampling_rate, norm="slaney", mel_scale="slaney")`, the same
+    numpy calls in the same order, so the two agree bit for bit. 8 kHz is fixed whatever
+    the sampling rate, as in WhisperFeatureExtractor.
+    """
+    # Slaney's mel scale: linear (3 mels per 200 Hz) below 1 kHz, logarithmic above.
+    mel_max = 15.0 + np.log(8000.0 / 1000.0) * (27.0 / np.log(6.4))
+    mels = np.linspace(0.0, mel_max, num_mel_filters + 2)
+    edges = 200.0 * mels / 3.0
+    log_region = mels >= 15.0
+    edges[log_region] = 1000.0 * np.exp(np.log(6.4) / 27.0 * (mels[log_region] - 15.0))
+    bins = np.linspace(0, sampling_rate // 2, num_frequency_bins)
+    widths = np.diff(edges)
+    slopes = np.expand_dims(edges, 0) - np.expand_dims(bins, 1)
+    falling = -slopes[:, :-2] / widths[:-1]
+    rising = slopes[:, 2:] / widths[1:]
+    filters: Array = np.maximum(np.zeros(1), np.minimum(falling, rising))
+    # Slaney normalisation: each triangle divided by its width, for equal area.
+    filters *= np.expand_dims(2.0 / (edges[2 : num_mel_filters + 2] - edges[:num_mel_filters]), 0)
+    return filters
+
+
+def whisper_windows(samples: Array, config: Mapping[str, Any]) -> list[Array]:
+    """Mono float32 samples cut into consecutive chunk_length-second windows (30 s for
+    Whisper); the last may be shorter (whisper_features pads it), and silence or no audio
+    at all still gives one window."""
+    x = np.asarray(samples, np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"whisper_windows takes mono (1-D) samples, not shape {x.shape}")
+    size = _whisper_settings(config)["n_samples"]
+    return [x[start : start + size] for start in range(0, max(len(x), 1), size)]
+
+
+def whisper_features(samples: Array, config: Mapping[str, Any]) -> Array:
+    """Whisper's input_features for mono samples at config["sampling_rate"]: float32
+    (1, feature_size, nb_max_frames), as WhisperFeatureExtractor(**config)(samples,
+    sampling_rate=..., return_tensors="np") computes them on its numpy path.
+
+    `config` is the parsed preprocessor_config.json. Audio longer than chunk_length seconds
+    is truncated, as the extractor does; cut it with whisper_windows first to keep it all.
+    """
+    settings = _whisper_settings(config)
+    x = np.asarray(samples, np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"whisper_features takes mono (1-D) samples, not shape {x.shape}")
+    size, n_fft, hop = settings["n_samples"], settings["n_fft"], settings["hop_length"]
+    x = x[:size]
+    if len(x) < size:
+        gap = (size - len(x), 0) if settings["padding_side"] == "left" else (0, size - len(x))
+        x = np.pad(x, gap, "constant", constant_values=settings["padding_value"])
+    # center=True: reflect-pad half a frame each side (in float32, as transformers does),
+    # then frames of n_fft every hop samples through a periodic Hann window, in float64.
+    x = np.pad(x, (n_fft // 2, n_fft // 2), mode="reflect").astype(np.float64)
+    window = np.hanning(n_fft + 1)[:-1]
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
+    # transformers stores the spectrum as complex64 before taking the power in float64.
+    spectrum = np.fft.rfft(frames * window, axis=-1).astype(np.complex64)
+    power = np.abs(spectrum, dtype=np.float64) ** 2
+    filters = slaney_mel_filters(
+        1 + n_fft // 2, settings["feature_size"], settings["sampling_rate"]
+    )
+    mel = np.maximum(1e-10, np.dot(filters.T, power.T))
+    log_spec = np.asarray(np.log10(mel), np.float32)[:, :-1]  # the last frame is dropped
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)  # at most 80 dB below the peak
+    log_spec = (log_spec + 4.0) / 4.0
+    return log_spec[np.newaxis]

@@ -64,11 +64,15 @@ def check_golden(
     actual = [run(feeds) for feeds, _ in pairs]
     outputs = []
     for name in golden["output_names"]:
-        if any(name not in out for out in actual):
+        # A multi-part model's samples each hold the outputs of their own part only.
+        held = [(ref, out) for (_, ref), out in zip(pairs, actual, strict=True) if name in ref]
+        if any(name not in out for _, out in held):
             failures.append(f"output {name!r} is missing from the model")
             continue
         max_error = 0.0
         for (feeds, ref), out in zip(pairs, actual, strict=True):
+            if name not in ref:
+                continue
             expected, got = np.asarray(ref[name]), np.asarray(out[name])
             if expected.shape != got.shape:
                 failures.append(
@@ -116,10 +120,12 @@ def measure_latency(
         start = time.perf_counter()
         run(feeds)
         timings.append((time.perf_counter() - start) * 1000)
-    tokens = int(np.asarray(next(iter(feeds.values()))).shape[-1])
+    first = np.asarray(next(iter(feeds.values())))
     return {
         "runs": len(timings),
-        "tokens": tokens,
+        # Token inputs: their length; images: None (the shape says what ran).
+        "tokens": int(first.shape[-1]) if "input_ids" in feeds else None,
+        "input_shape": list(first.shape),
         "median_ms": round(float(np.median(timings)), 3),
         "p90_ms": round(float(np.percentile(timings, 90)), 3),
     }
@@ -161,15 +167,18 @@ def verify(bundle: Path, *, runs: int = DEFAULT_RUNS, threads: int | None = None
         elif not golden:
             result["golden"] = {"skipped": "this bundle carries no golden data"}
         else:
-            pairs = ondevice.load_golden(bundle, golden)
+            pairs = ondevice.load_golden(bundle, golden, spec)
             run, info = ondevice.load_runtime(bundle, spec, threads)
             result["runtime"] = info
             checked = check_golden(spec, golden, pairs, run)
             result["golden"] = checked
             result["failures"] += checked["failures"]
             if runs > 0 and pairs:
+                # The first part is what a device runs per input (the image tower).
+                first = ondevice.parts(spec)[0]["input_names"]
+                timed = [pair for pair in pairs if set(first) <= pair[0].keys()] or pairs
                 longest = max(
-                    pairs,
+                    timed,
                     key=lambda pair: (
                         int(np.asarray(pair[0]["input_ids"]).size) if "input_ids" in pair[0] else 0
                     ),
@@ -201,7 +210,12 @@ def summary_line(result: Mapping[str, Any]) -> str:
             )
         latency = result.get("latency")
         if latency:
-            parts.append(f"latency {latency['median_ms']:.2f} ms ({latency['tokens']} tokens)")
+            what = (
+                f"{latency['tokens']} tokens"
+                if latency.get("tokens") is not None
+                else f"input {'x'.join(map(str, latency.get('input_shape') or []))}"
+            )
+            parts.append(f"latency {latency['median_ms']:.2f} ms ({what})")
         return "; ".join(parts)
     return f"FAIL {result['bundle']}: " + "; ".join(result["failures"])
 
