@@ -17,6 +17,7 @@ EXAMPLE_BUNDLE=${EDGEPORT_EXAMPLE_BUNDLE:-$REPO/bundles/all-MiniLM-L6-v2-host}
 SYSTEM_PACKAGES=(
   "ssh:openssh-client"   # edgeport verify --on ssh://... (device runs)
   "sshd:openssh-server"  # the tests' loopback SSH "device"
+  "espeak-ng:espeak-ng"  # synthesised speech for speech models' calibration and validation
 )
 
 say() { printf '\n==> %s\n' "$*" >&2; }
