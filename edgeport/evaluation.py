@@ -138,10 +138,26 @@ class CandidateEvaluator:
         search: Evaluation,
         host_timings_rank: bool = True,
     ) -> list[Attempt]:
-        """Mixed-precision variants of a failed candidate (search.py), when the recipe asks."""
+        """Variants of a failed candidate: a multi-part model's other parts back at full
+        precision first (the first part, what the device runs per input, keeps the
+        recipe), then mixed precision by node (search.py) when the recipe asks."""
         key = attempt_key(candidate.recipe.id, failed.variant)
-        if not candidate.recipe.quantize.mixed_precision or key not in self.artifacts:
+        if key not in self.artifacts:
             return []
+        attempts: list[Attempt] = []
+        quantised = [p.part for p in self.artifacts[key].parts[1:] if p.precision != "fp32"]
+        if quantised:
+            candidate = candidate.model_copy(update={"float_parts": quantised})
+            variant = f"{', '.join(quantised)} in fp32"
+            self.progress.info(f"{candidate.recipe.id}: keeping {variant}")
+            attempt = self.evaluate(candidate, baseline, variant)
+            self.progress.info(attempt_line(attempt))
+            attempts.append(attempt)
+            key = attempt_key(candidate.recipe.id, variant)
+            if attempt.status != "failed" or key not in self.artifacts:
+                return attempts
+        if not candidate.recipe.quantize.mixed_precision:
+            return attempts
         from edgeport.search import refine
 
         artifact = self.artifacts[key]
@@ -168,7 +184,7 @@ class CandidateEvaluator:
             self.progress.info(attempt_line(attempt))
             return attempt
 
-        return refine(
+        return attempts + refine(
             candidate,
             ranked,
             get_backend(candidate.target),

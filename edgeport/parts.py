@@ -31,10 +31,10 @@ def recipe_fits(candidate: Candidate, kind: str) -> bool:
     return not families or kind in families
 
 
-def part_candidate(candidate: Candidate, kind: str) -> Candidate:
+def part_candidate(candidate: Candidate, part: ExportedModel) -> Candidate:
     """The candidate a part is built with: its recipe, or the same target at full
-    precision for a part the recipe was not written for."""
-    if recipe_fits(candidate, kind):
+    precision for a part the recipe was not written for or the search keeps in float."""
+    if recipe_fits(candidate, part.kind) and part.part not in candidate.float_parts:
         return candidate
     from edgeport.schemas import GraphOptimization, Quantization
 
@@ -65,7 +65,7 @@ def build_parts(
     built: list[Artifact] = []
     shipped: set[str] = set()
     for part in exported.parts:
-        own = part_candidate(candidate, part.kind)
+        own = part_candidate(candidate, part)
         feeds = feeds_for(part, calibration)
         if own.recipe.quantize.scheme == "int8-static" and not feeds:
             raise UnsupportedError(
@@ -77,7 +77,9 @@ def build_parts(
             raise UnsupportedError(f"part {part.part}: {sorted(clash)} clash with another part's")
         shipped.update(artifact.files)
         notes = tuple(f"{part.part}: {note}" for note in artifact.notes)
-        if own is not candidate:
+        if part.part in candidate.float_parts:
+            notes += (f"{part.part}: kept at fp32 (it missed the gate quantised)",)
+        elif own is not candidate:
             kinds = "/".join(candidate.recipe.requires.families)
             notes += (f"{part.part}: kept at fp32 (the recipe is written for {kinds} parts)",)
         # Each part stays where its backend built it (backends may keep state keyed by

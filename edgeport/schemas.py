@@ -657,6 +657,11 @@ class Candidate(StrictModel):
         description="Where estimated_speedup comes from: the device's calibration "
         "(measured) or the recipe's expectation (estimated).",
     )
+    float_parts: list[str] = Field(
+        default_factory=list,
+        description="Multi-part models: parts kept at full precision although the recipe "
+        "fits them (the search's fallback when the quantised part failed the gate).",
+    )
 
     @property
     def key(self) -> str:

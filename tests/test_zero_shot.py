@@ -308,3 +308,33 @@ def test_build_packages_a_two_part_model_with_one_shared_export(
     hashes = [{f["path"]: f["sha256"] for f in m["files"]} for m in manifests]
     for name in ("image_model.onnx", "text_model.onnx", "golden.npz", "tokenizer.json"):
         assert hashes[0][name] == hashes[1][name]
+
+
+def test_a_part_that_fails_quantised_falls_back_to_fp32_alone(tmp_path: Path) -> None:
+    """fp16 quantises both towers; a text tower whose projection overflows fp16 fails
+    the gate, and the search ships the image tower in fp16 with the text tower in fp32,
+    saying so in the manifest."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = build_tiny_two_tower(tmp_path / "fragile-text")
+    weights = load_file(folder / "model.safetensors")
+    weights["text_projection.weight"] = weights["text_projection.weight"] * 1e6  # > fp16 max
+    save_file(
+        {k: v.contiguous() for k, v in weights.items()},
+        folder / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    assert torch.isfinite(weights["text_projection.weight"]).all()
+    out = tmp_path / "bundle"
+    result = run_cli(
+        "convert", str(folder), "--profile", "raspberry-pi-5", "--recipe", "onnx-fp16",
+        "--out", str(out), "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    precisions = {part["name"]: part["precision"] for part in manifest["runtime"]["parts"]}
+    assert precisions == {"image": "fp16", "text": "fp32"}
+    attempts = [(a["variant"], a["status"]) for a in manifest["attempts"]]
+    assert attempts[:2] == [("", "failed"), ("text in fp32", "passed")]
+    assert any("text: kept at fp32 (it missed the gate quantised)" in n for n in manifest["notes"])
