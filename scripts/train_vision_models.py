@@ -129,7 +129,8 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def _pixels(processor: Any, images: list[Image.Image]) -> torch.Tensor:
+def processed_pixels(processor: Any, images: list[Image.Image]) -> torch.Tensor:
+    """Pixel values of `images` from the model's own image processor."""
     import torch
 
     # In chunks: the processor holds every intermediate numpy array of its batch.
@@ -240,10 +241,10 @@ def run(recipe: Recipe, out: Path) -> dict[str, float]:
     model, processor = recipe.build(id2label)
 
     train = labelled_training_crops(TRAIN_CROPS, seed=SEED)
-    train_pixels = _pixels(processor, [image for image, _ in train])
+    train_pixels = processed_pixels(processor, [image for image, _ in train])
     train_labels = torch.tensor([label for _, label in train])
     test = labelled_heldout_crops("validation", TEST_CROPS)
-    test_pixels = _pixels(processor, [image for image, _ in test])
+    test_pixels = processed_pixels(processor, [image for image, _ in test])
     test_labels = torch.tensor([label for _, label in test])
     print(f"{recipe.name}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
 
