@@ -178,7 +178,8 @@ def test_user_labels_file_sets_the_validated_labels(tmp_path: Path) -> None:
         FAMILY.load_samples(folder)
 
 
-@pytest.mark.parametrize("model_type", ["clip", "siglip"])
+# CLIP's towers are held to transformers' pipeline through whole bundles above.
+@pytest.mark.parametrize("model_type", ["siglip"])
 @pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
 def test_exported_towers_reproduce_the_models_own_logits(
     model_type: str, target: str, tmp_path: Path
