@@ -286,6 +286,7 @@ def test_trained_clip_keeps_its_labels_on_unseen_photographs(profile: str, tmp_p
     assert agreement >= 0.98, (profile, agreement)
 
 
+@pytest.mark.slow  # `edgeport build` itself is covered by the default suite for each family
 def test_build_packages_a_two_part_model_with_one_shared_export(
     tiny_clip: Path, tmp_path: Path
 ) -> None:
