@@ -37,19 +37,12 @@ class ReferenceModel:
 
     def __init__(self, model: ModelInfo, *, trust_remote_code: bool) -> None:
         import torch
-        from optimum.exporters.tasks import TasksManager
+
+        from edgeport.backends.torch_parts import task_model
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self._torch = torch
-        self._model = TasksManager.get_model_from_task(
-            model.task,
-            str(model.local_path),
-            library_name="transformers",
-            framework="pt",
-            trust_remote_code=trust_remote_code,
-            local_files_only=True,
-        )
-        self._model.eval()
+        self._model = task_model(model, trust_remote_code=trust_remote_code)
 
     def run(self, feeds: Feeds, output_names: Sequence[str]) -> Outputs:
         torch = self._torch

@@ -232,3 +232,26 @@ def build_tiny_two_tower(folder: Path, model_type: str = "clip", seed: int = 0) 
     model.save_pretrained(str(folder))
     processor.save_pretrained(str(folder))
     return folder
+
+
+def build_for_two_profiles(model: Path, name: str, out: Path) -> list[dict[str, str]]:
+    """`edgeport build` of `model` (onnx-fp32) for x86-64-avx2 and raspberry-pi-5, in
+    process; asserts both pairs were verified and archived, and returns the sha256 of
+    every file of each bundle, by path."""
+    import json
+    import warnings
+
+    from edgeport.build import BuildFile, ModelEntry, run_build
+
+    build = BuildFile(
+        models=[ModelEntry(id=str(model), recipes=["onnx-fp32"], name=name)],
+        profiles=["x86-64-avx2", "raspberry-pi-5"],
+        out=out,
+    )
+    with warnings.catch_warnings():  # torch's tracer warns during export, in-process here
+        warnings.simplefilter("ignore")
+        records, _ = run_build(build)
+    assert [r["exit_code"] for r in records] == [0, 0], records
+    assert all(r["verify"] == "passed" and Path(r["archive"]).is_file() for r in records)
+    manifests = [json.loads((Path(r["bundle"]) / "manifest.json").read_text()) for r in records]
+    return [{f["path"]: f["sha256"] for f in m["files"]} for m in manifests]

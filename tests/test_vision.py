@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import build_for_two_profiles, run_cli
 
 pytest.importorskip("skimage", reason='needs the vision extra: pip install -e ".[vision]"')
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "vision"
@@ -299,22 +299,7 @@ def test_trained_models_keep_their_labels_on_unseen_photographs(
 def test_build_packages_a_vision_model_for_two_profiles(tmp_path: Path) -> None:
     """`edgeport build` (CI packaging) handles vision like text: one export shared by
     both profiles, each bundle verified and archived, identical model and golden files."""
-    import warnings
-
-    from edgeport.build import BuildFile, ModelEntry, run_build
-
     model = build_tiny_convnext(tmp_path / "tiny-convnext")
-    build = BuildFile(
-        models=[ModelEntry(id=str(model), recipes=["onnx-fp32"], name="convnext")],
-        profiles=["x86-64-avx2", "raspberry-pi-5"],
-        out=tmp_path / "out",
-    )
-    with warnings.catch_warnings():  # torch's tracer warns during export, in-process here
-        warnings.simplefilter("ignore")
-        records, _ = run_build(build)
-    assert [r["exit_code"] for r in records] == [0, 0], records
-    assert all(r["verify"] == "passed" and Path(r["archive"]).is_file() for r in records)
-    manifests = [json.loads((Path(r["bundle"]) / "manifest.json").read_text()) for r in records]
-    hashes = [{f["path"]: f["sha256"] for f in m["files"]} for m in manifests]
+    hashes = build_for_two_profiles(model, "convnext", tmp_path / "out")
     for name in ("model.onnx", "golden.npz", "preprocessor_config.json", "ondevice.py"):
         assert hashes[0][name] == hashes[1][name]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_two_tower, run_cli
+from conftest import build_for_two_profiles, build_tiny_two_tower, run_cli
 
 pytest.importorskip("skimage", reason='needs the vision extra: pip install -e ".[vision]"')
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "vision"
@@ -292,22 +292,7 @@ def test_build_packages_a_two_part_model_with_one_shared_export(
 ) -> None:
     """`edgeport build` exports the two towers once for both profiles (the export cache
     keys on the parts), verifies and archives each bundle."""
-    import warnings
-
-    from edgeport.build import BuildFile, ModelEntry, run_build
-
-    build = BuildFile(
-        models=[ModelEntry(id=str(tiny_clip), recipes=["onnx-fp32"], name="clip")],
-        profiles=["x86-64-avx2", "raspberry-pi-5"],
-        out=tmp_path / "out",
-    )
-    with warnings.catch_warnings():  # torch's tracer warns during export, in-process here
-        warnings.simplefilter("ignore")
-        records, _ = run_build(build)
-    assert [r["exit_code"] for r in records] == [0, 0], records
-    assert all(r["verify"] == "passed" and Path(r["archive"]).is_file() for r in records)
-    manifests = [json.loads((Path(r["bundle"]) / "manifest.json").read_text()) for r in records]
-    hashes = [{f["path"]: f["sha256"] for f in m["files"]} for m in manifests]
+    hashes = build_for_two_profiles(tiny_clip, "clip", tmp_path / "out")
     for name in ("image_model.onnx", "text_model.onnx", "golden.npz", "tokenizer.json"):
         assert hashes[0][name] == hashes[1][name]
 

@@ -33,7 +33,8 @@ _DYNAMIC_AXES: dict[str, dict[int, str]] = {
 
 
 def task_model(model: ModelInfo, *, trust_remote_code: bool) -> Any:
-    """The task's PyTorch model, loaded as the reference model is."""
+    """The task's PyTorch model, loaded the way optimum exports it: the reference
+    outputs (validate.ReferenceModel) and the exported parts come from this one loader."""
     from optimum.exporters.tasks import TasksManager
 
     loaded = TasksManager.get_model_from_task(

@@ -32,12 +32,14 @@ from edgeport.backends import PartSource
 from edgeport.errors import BadInputError, UnsupportedError
 from edgeport.families import BenchWorkload, Prepared
 from edgeport.families.vision import (
-    GOLDEN_IMAGES,
     PIXELS,
     PREPROCESSOR,
     ImageSamples,
     builtin_samples,
+    golden_indices,
+    image_side,
     preprocessor_config,
+    transformer_activation_mb,
     user_samples,
 )
 from edgeport.runners import ondevice
@@ -56,7 +58,6 @@ if TYPE_CHECKING:
     )
     from edgeport.validate import MetricList
 
-MIB = 1024 * 1024
 TASK = ondevice.ZERO_SHOT_TASK
 TOKENIZER = "tokenizer.json"
 LABELS_FILE = "labels.txt"
@@ -209,14 +210,13 @@ class ImageText:
 
     def estimate_activation_mb(self, model: ModelInfo, profile: DeviceProfile) -> float:
         """The image tower's tokens with their attention (a vision transformer)."""
-        from edgeport.families.vision import _image_side
-
         vision = _sub(_config(model.local_path), "vision_config")
-        side = _image_side(model.local_path)
-        tokens = (side // max(_int(vision, "patch_size", 16), 1)) ** 2 + 1
-        hidden = model.dims.hidden_size or 768
-        heads = model.dims.num_attention_heads or 12
-        return (tokens * hidden * 4 * 8 + heads * tokens * tokens * 4 * 2) / MIB
+        return transformer_activation_mb(
+            image_side(model.local_path),
+            _int(vision, "patch_size", 16),
+            model.dims.hidden_size or 768,
+            model.dims.num_attention_heads or 12,
+        )
 
     def prepare_processor(
         self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool
@@ -353,9 +353,7 @@ class ImageText:
         count = evaluation.validation_samples
         if not count:
             return None
-        chosen = sorted(
-            {round(k * (count - 1) / max(GOLDEN_IMAGES - 1, 1)) for k in range(GOLDEN_IMAGES)}
-        )
+        chosen = golden_indices(count)
         # The batches: image singles (one per validation image) first, the prompts
         # together right after the image batches.
         prompts_index = next(i for i, batch in enumerate(evaluation.batches) if PIXELS not in batch)

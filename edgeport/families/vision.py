@@ -135,6 +135,21 @@ def preprocessor_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+def golden_indices(count: int) -> list[int]:
+    """Which of `count` validation images become golden samples: GOLDEN_IMAGES of them,
+    spread over the set."""
+    return sorted(
+        {round(k * (count - 1) / max(GOLDEN_IMAGES - 1, 1)) for k in range(GOLDEN_IMAGES)}
+    )
+
+
+def transformer_activation_mb(side: int, patch: int, hidden: int, heads: int) -> float:
+    """A vision transformer's activations: one token per patch plus CLS, a few hidden
+    states of each and one attention matrix per head alive at once."""
+    tokens = (side // max(patch, 1)) ** 2 + 1
+    return (tokens * hidden * 4 * 8 + heads * tokens * tokens * 4 * 2) / MIB
+
+
 def embedding_output(output_names: Sequence[str]) -> str:
     """The output an image embedding is read from: the backbone's pooled output when it
     has one (ConvNeXt, ResNet, DINOv2's layer-normed CLS), else the token sequence."""
@@ -168,12 +183,12 @@ class Vision:
 
     def estimate_activation_mb(self, model: ModelInfo, profile: DeviceProfile) -> float:
         """A few feature maps of the largest stage, or a ViT's tokens with their attention."""
-        size = _image_side(model.local_path)
-        hidden = model.dims.hidden_size or 768
+        size = image_side(model.local_path)
         heads = model.dims.num_attention_heads
-        if heads:  # a vision transformer: one token per patch, plus CLS
-            tokens = (size // _patch_size(model.local_path)) ** 2 + 1
-            return (tokens * hidden * 4 * 8 + heads * tokens * tokens * 4 * 2) / MIB
+        if heads:  # a vision transformer
+            return transformer_activation_mb(
+                size, _patch_size(model.local_path), model.dims.hidden_size or 768, heads
+            )
         # A convolutional network: the first stage's maps (64 channels at 1/2 or 1/4 of
         # the image side) dominate; six of them alive at once is generous.
         return 6 * 64 * (size // 2) ** 2 * 4 / MIB
@@ -290,9 +305,7 @@ class Vision:
         count = evaluation.validation_samples
         if not count:
             return None
-        chosen = sorted(
-            {round(k * (count - 1) / max(GOLDEN_IMAGES - 1, 1)) for k in range(GOLDEN_IMAGES)}
-        )
+        chosen = golden_indices(count)
         arrays: dict[str, np.ndarray] = {}
         names = list(evaluation.output_names)
         for slot, index in enumerate(chosen):
@@ -363,7 +376,7 @@ def _patch_size(folder: Path) -> int:
     return value if isinstance(value, int) and value > 0 else 16
 
 
-def _image_side(folder: Path) -> int:
+def image_side(folder: Path) -> int:
     """The side of the square the model sees, from its processor's crop or size."""
     try:
         config = preprocessor_config(folder)
