@@ -325,3 +325,37 @@ def test_a_part_that_fails_quantised_falls_back_to_fp32_alone(tmp_path: Path) ->
     attempts = [(a["variant"], a["status"]) for a in manifest["attempts"]]
     assert attempts[:2] == [("", "failed"), ("text in fp32", "passed")]
     assert any("text: kept at fp32 (it missed the gate quantised)" in n for n in manifest["notes"])
+
+
+def test_search_inputs_score_every_label_at_once(tiny_clip: Path) -> None:
+    """The mixed-precision search ranks nodes by zero-shot agreement on calibration
+    inputs: that needs the calibration prompts batched over every label (one prompt alone
+    always 'agrees'), and it must notice a tower that scrambles the images."""
+    from edgeport.families.image_text import FAMILY
+    from edgeport.hub import resolve
+    from edgeport.model_info import inspect_model
+    from edgeport.runners import ondevice
+    from edgeport.validate import ReferenceModel
+
+    info = inspect_model(resolve(str(tiny_clip)))
+    samples = FAMILY.load_samples(None)
+    reference = ReferenceModel(info, trust_remote_code=False)
+    prepared = FAMILY.prepare(info, tiny_clip, samples, None, reference)  # type: ignore[arg-type]
+    search = prepared.search
+    assert search is not None
+    widths = [b["input_ids"].shape[0] for b in search.batches if "input_ids" in b]
+    assert max(widths) == len(samples.labels)
+    spec = FAMILY.runtime_fields(info, tiny_clip, ())
+    same = ondevice.zero_shot_metrics(search.reference, search.reference, spec)
+    assert same["zero_shot_top1_agreement"] == 1.0
+    # Every image given its neighbour's embedding: a tower that scrambles its inputs.
+    images = [out["image_embeds"] for out in search.reference if "image_embeds" in out]
+    rolled = iter(np.roll(np.concatenate(images), 1, axis=0))
+    scrambled = [
+        {"image_embeds": np.stack([next(rolled) for _ in out["image_embeds"]])}
+        if "image_embeds" in out
+        else out
+        for out in search.reference
+    ]
+    moved = ondevice.zero_shot_metrics(search.reference, scrambled, spec)
+    assert moved["zero_shot_top1_agreement"] < 1.0

@@ -275,12 +275,15 @@ class ImageText:
             ),
             texts=(*samples.images.validation_names, *prompts),
         )
-        calibration_prompts = [
-            template.format(label) for template in CALIBRATION_TEMPLATES for label in samples.labels
-        ]
-        calibration = [image_feeds([image]) for image in samples.images.calibration] + [
-            text_feeds([prompt]) for prompt in calibration_prompts
-        ]
+        # Each template's prompts together (the mixed-precision search scores zero-shot
+        # agreement against every label at once: one prompt alone always "agrees") and
+        # each prompt alone.
+        phrasings = [[t.format(label) for label in samples.labels] for t in CALIBRATION_TEMPLATES]
+        calibration = (
+            [image_feeds([image]) for image in samples.images.calibration]
+            + [text_feeds(prompts) for prompts in phrasings]
+            + [text_feeds([prompt]) for prompts in phrasings for prompt in prompts]
+        )
         search = Evaluation(
             batches=calibration,
             reference=[outputs(batch) for batch in calibration],
