@@ -35,6 +35,7 @@ _ALWAYS_GATED = {
     "top1_agreement_min",
     "logit_cosine_min",
     "next_token_agreement_min",
+    "token_agreement_min",
 }
 # Language models: the golden output is the reference's next token at every position.
 NEXT_TOKEN = "next_token"

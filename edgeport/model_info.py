@@ -92,7 +92,10 @@ _ARCHITECTURE_TASKS: tuple[tuple[str, str], ...] = (
     ("ForTokenClassification", "token-classification"),
     ("ForMaskedLM", "fill-mask"),
     ("ForQuestionAnswering", "question-answering"),
+    ("WhisperForConditionalGeneration", "automatic-speech-recognition"),
+    ("MoonshineForConditionalGeneration", "automatic-speech-recognition"),
     ("ForConditionalGeneration", "text2text-generation"),
+    ("MarianMTModel", "text2text-generation"),
     ("ForImageClassification", "image-classification"),
     ("ForSpeechSeq2Seq", "automatic-speech-recognition"),
     ("ForCTC", "automatic-speech-recognition"),
@@ -279,8 +282,8 @@ def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo
     check_model_type(model_type, config_path, remote_code=bool(config.get("auto_map")))
     chosen_task = normalise_task(task or infer_task(folder, config))
     family = family_for_task(chosen_task)
-    if config.get("is_encoder_decoder"):
-        raise UnsupportedError("encoder-decoder models are not supported yet")
+    if config.get("is_encoder_decoder") and not family.encoder_decoder:
+        raise UnsupportedError(f"encoder-decoder models are not supported for {chosen_task}")
     params, weight_bytes, dtype = count_weights(folder)
     family_fields = family.inspect(folder, config, chosen_task)
     # Two-tower models keep their dimensions in sub-configs: the family says which count.

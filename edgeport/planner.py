@@ -211,12 +211,13 @@ def plan(
     features = profile.feature_set
     budget_mb = profile.usable_memory_mb
 
-    # A multi-part model takes the recipes of its own family and those written for its
-    # first part, the graph a device runs per input (vision recipes for CLIP's image
-    # tower); edgeport.parts keeps the other parts at full precision.
+    # A multi-part model takes the recipes of its own family and those written for the
+    # kinds of its parts a device runs per input (vision recipes for CLIP's image tower,
+    # not text-encoder ones for its label prompts; Whisper's encoder and decoder both);
+    # edgeport.parts keeps the parts a recipe was not written for at full precision.
     family = known_families().get(model.family)  # unknown: every recipe drops below
-    first_part = family.export_parts(model)[:1] if family else ()
-    fitting_kinds = {model.family, *(part.kind for part in first_part)}
+    per_input = [p for p in family.export_parts(model) if p.per_input] if family else []
+    fitting_kinds = {model.family, *(part.kind for part in per_input)}
     for recipe in sorted(recipes, key=lambda r: r.id):
         if only_recipes is not None and recipe.id not in only_recipes:
             continue

@@ -51,8 +51,22 @@ CpuFeature = Literal[
     "sve2",
 ]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
+# Model families, and the kinds of part a multi-part model's graphs are (the kinds recipes
+# name in `requires.families`): Whisper's encoder is a speech-encoder, its decoder (and
+# T5's) a seq2seq-decoder.
 Family = Literal[
-    "encoder", "decoder", "encoder-decoder", "vision", "image-text", "audio", "diffusion"
+    "encoder",
+    "decoder",
+    "encoder-decoder",
+    "vision",
+    "image-text",
+    "audio",
+    "diffusion",
+    "speech",
+    "text2text",
+    "speech-encoder",
+    "text2text-encoder",
+    "seq2seq-decoder",
 ]
 AcceleratorKind = Literal["gpu", "igpu", "npu", "dsp"]
 
@@ -270,6 +284,12 @@ class Quantization(StrictModel):
         description="Exact names of nodes kept in float (mixed precision); written by the "
         "sensitivity search and recorded in the manifest.",
     )
+    int8_constants: bool = Field(
+        default=False,
+        description="ONNX Runtime dynamic int8: also store the other large float constants "
+        "(Whisper's positional embeddings, convolution weights) as int8 with one scale per "
+        "row, dequantised when the session loads: smaller on disk, the same kernels.",
+    )
     mixed_precision: bool = Field(
         default=False,
         description="When the fully quantised model misses the tolerance, keep the most "
@@ -369,6 +389,25 @@ class Tolerance(StrictModel):
     next_token_agreement_min: float | None = Field(default=None, ge=0, le=1)
     perplexity_increase_max: float | None = Field(default=None, ge=0)
     generation_match_min: float | None = Field(default=None, ge=0, le=1)
+    # Encoder-decoders (speech recognition, translation), judged by what they say.
+    output_identical_min: float | None = Field(
+        default=None, ge=0, le=1, description="Share of inputs whose greedy output is identical."
+    )
+    wer_max: float | None = Field(
+        default=None, ge=0, description="Word error rate against the original's transcripts."
+    )
+    chrf_min: float | None = Field(
+        default=None, ge=0, le=100, description="chrF (0-100) against the original's outputs."
+    )
+    teacher_forced_agreement_min: float | None = Field(
+        default=None, ge=0, le=1, description="Next-token agreement along the original's outputs."
+    )
+    token_agreement_min: float | None = Field(
+        default=None, ge=0, le=1, description="1 - token edits / tokens, golden outputs (verify)."
+    )
+    empty_outputs_max: float | None = Field(
+        default=None, ge=0, description="Empty outputs where the original says something."
+    )
 
 
 class Expectation(StrictModel):
@@ -821,6 +860,18 @@ class RuntimeSpec(StrictModel):
     scores: Literal["softmax", "sigmoid"] | None = None
     logit_scale: float | None = Field(default=None, description="exp() of the model's own.")
     logit_bias: float | None = None
+    # Encoder-decoders: greedy decoding as generation_config.json asks
+    # (ondevice.DecodingRules), and the tokenizer.json run.py turns ids into text with.
+    decoding: DecodingSpec | None = None
+    tokenizer: str | None = None
+
+
+class DecodingSpec(StrictModel):
+    prompt: list[int] = Field(description="The decoder's first tokens (start, forced ones).")
+    eos: list[int]
+    suppress: list[int] = Field(default_factory=list)
+    begin_suppress: list[int] = Field(default_factory=list)
+    max_new_tokens: int = Field(gt=0)
 
 
 class GoldenSpec(StrictModel):

@@ -29,6 +29,12 @@ DEFAULT_TOLERANCE = Tolerance(
     logit_cosine_min=0.99,
     next_token_agreement_min=0.90,
     perplexity_increase_max=0.05,
+    output_identical_min=0.95,
+    wer_max=0.02,
+    chrf_min=95.0,
+    teacher_forced_agreement_min=0.98,
+    token_agreement_min=0.95,
+    empty_outputs_max=0,
 )
 
 
@@ -59,6 +65,39 @@ class ReferenceModel:
             )
         tensor = result if isinstance(result, torch.Tensor) else result[0]
         return {output_name: tensor.float().numpy()}
+
+    def encoder(self, feeds: Feeds) -> np.ndarray:
+        """An encoder-decoder's encoder states for one input (its `last_hidden_state`)."""
+        torch = self._torch
+        with torch.inference_mode():
+            result = self._model.get_encoder()(
+                **{name: torch.from_numpy(value) for name, value in feeds.items()}
+            )
+        return np.asarray(result.last_hidden_state.float().numpy())
+
+    def seq2seq_decoder(self) -> ondevice.RunFn:
+        """The decoder as a run function with its own KV cache, the convention of the
+        exported decoders (ondevice.greedy_decode): `encoder_hidden_states` in the feeds
+        start a sequence, feeds without them go on from the cache."""
+        torch = self._torch
+        state: dict[str, Any] = {}
+
+        def run(feeds: Mapping[str, np.ndarray]) -> Outputs:
+            ids = torch.from_numpy(np.asarray(feeds["input_ids"], dtype=np.int64))
+            if ondevice.ENCODER_STATES in feeds:
+                state.clear()
+                state["encoder"] = torch.from_numpy(np.asarray(feeds[ondevice.ENCODER_STATES]))
+            with torch.inference_mode():
+                result = self._model(
+                    encoder_outputs=(state["encoder"],),
+                    decoder_input_ids=ids,
+                    past_key_values=state.get("past"),
+                    use_cache=True,
+                )
+            state["past"] = result.past_key_values
+            return {ondevice.LOGITS: result.logits.float().numpy()}
+
+        return run
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
         """Greedy decoding through the model's own KV cache, never stopping early."""

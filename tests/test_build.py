@@ -214,7 +214,7 @@ def _build(tmp_path: Path, **changes: Any) -> BuildFile:
     ("changes", "expected"),
     [
         ({"model": {"recipes": ["onnx-fp32", "onnx-int9"]}}, "models.0.recipes.1: unknown recipe"),
-        ({"model": {"task": "translation"}}, "models.0.task: 'translation' is not supported"),
+        ({"model": {"task": "image-to-text"}}, "models.0.task: 'image-to-text' is not supported"),
         ({"model": {"revision": "main"}}, "models.0.revision: applies to Hub ids"),
         ({"profiles": ["host", "nope"]}, "profiles.1: unknown profile 'nope'"),
         ({"profiles": ["{tmp}/missing.yaml"]}, "profiles.0: profile file not found"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -27,8 +27,11 @@ Feeds = dict[str, "np.ndarray"]
 
 @dataclass(frozen=True)
 class PartSource:
-    """One graph a family cuts out of the task's PyTorch model: a method of that model
-    (CLIP's `get_image_features`), exported alone with these input and output names.
+    """One graph of a multi-part model: a method of the task's PyTorch model (CLIP's
+    `get_image_features`), exported alone with these input and output names; or, when
+    `method` is "", the graph optimum's exporter writes for the component `name` of the
+    whole task ("encoder", "decoder": Whisper's and T5's, the decoder with its KV cache),
+    which each backend knows by its file name.
 
     `kind` is the family whose recipes fit the part ("vision" for an image tower,
     "encoder" for a text tower): a candidate's recipe quantises the parts of its kind and
@@ -37,9 +40,16 @@ class PartSource:
 
     name: str
     kind: str
-    method: str
-    input_names: tuple[str, ...]
-    output_name: str
+    method: str = ""
+    input_names: tuple[str, ...] = ()
+    output_name: str = ""
+    # False for a part a device runs once, not per input (CLIP's text tower embeds the
+    # labels once): recipes written for its kind alone are not worth a candidate.
+    per_input: bool = True
+
+    @property
+    def from_optimum(self) -> bool:
+        return not self.method
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,19 @@ class DecoderSession(Protocol):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class FunctionSession:
+    """A run function as a session: a seq2seq decoder's, which keeps its own KV cache
+    (edgeport.runners.ondevice.greedy_decode drives it)."""
+
+    run_function: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.run_function(feeds)
 
 
 class Backend(Protocol):

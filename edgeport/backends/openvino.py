@@ -10,7 +10,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeport.backends import Artifact, ExportedModel, Feeds, PartSource, exported_parts
+from edgeport.backends import (
+    Artifact,
+    ExportedModel,
+    Feeds,
+    FunctionSession,
+    PartSource,
+    exported_parts,
+)
 from edgeport.backends.openvino_decoder import (
     OpenVinoDecoderSession,
     calibration_items,
@@ -21,6 +28,7 @@ from edgeport.backends.padding import EXACT, QUANTISED, Agreement, remove_paddin
 from edgeport.backends.weight_only import MIN_GROUP_SIZE, choose_group_size, search_patterns
 from edgeport.errors import UnsupportedError
 from edgeport.families import family_of
+from edgeport.runners import ondevice
 from edgeport.schemas import device_is_accelerator
 
 if TYPE_CHECKING:
@@ -244,7 +252,7 @@ class OpenVinoBackend:
         from optimum.intel import OVConfig
 
         out = workdir / "export"
-        if parts:
+        if parts and not parts[0].from_optimum:
             from edgeport.backends import torch_parts
 
             task_model = torch_parts.task_model(model, trust_remote_code=trust_remote_code)
@@ -273,6 +281,16 @@ class OpenVinoBackend:
                 f"optimum-intel cannot export {model.model_type} for {model.task} "
                 f"to OpenVINO: {exc}"
             ) from exc
+        if parts:
+            graphs = []
+            for part in parts:
+                file = f"openvino_{part.name}_model.xml"
+                if not (out / file).is_file():
+                    raise UnsupportedError(
+                        f"optimum-intel wrote no {file} for the {part.name} part"
+                    )
+                graphs.append((part, file, _io_names(_core().read_model(str(out / file)))))
+            return exported_parts(self.target_id, out, graphs)
         if not (out / MODEL_FILE).is_file():
             raise UnsupportedError(f"optimum-intel wrote no {MODEL_FILE} for {model.display_name}")
         if family_of(model).reads_text:
@@ -432,8 +450,13 @@ class OpenVinoBackend:
 
     def load(
         self, artifact: Artifact, device: str, threads: int
-    ) -> OpenVinoSession | OpenVinoDecoderSession:
+    ) -> OpenVinoSession | OpenVinoDecoderSession | FunctionSession:
         model = _core().read_model(str(artifact.model_path))
+        inputs, _ = _io_names(model)
+        if ondevice.is_seq2seq_decoder(inputs):
+            compiled = _core().compile_model(model, device, compile_config(device, threads))
+            run = ondevice.openvino_seq2seq_decoder(compiled)
+            return FunctionSession(run, inputs, (ondevice.LOGITS,))
         if is_stateful_decoder(model):
             return OpenVinoDecoderSession(model, compile_config(device, threads))
         return OpenVinoSession(artifact.model_path, device, threads)

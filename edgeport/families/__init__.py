@@ -72,6 +72,8 @@ class Family(Protocol):
     reads_text: bool
     # Inputs are padded token batches: padding removal and encoder fusion apply.
     pads_tokens: bool
+    # An encoder and a decoder with a KV cache (Whisper, T5), exported by optimum as parts.
+    encoder_decoder: bool
 
     def load_samples(self, path: Path | None) -> Samples: ...
 

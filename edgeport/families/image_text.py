@@ -152,6 +152,7 @@ class ImageText:
     # The device tokenises prompts with the `tokenizers` library, on every runtime.
     reads_text = False
     pads_tokens = False
+    encoder_decoder = False
     default_objective: Objective = "latency"
     batch = 8
 
@@ -165,6 +166,7 @@ class ImageText:
                 "get_text_features",
                 ("input_ids", "attention_mask") if masked else ("input_ids",),
                 ondevice.TEXT_EMBEDS,
+                per_input=False,  # label prompts are embedded once
             ),
         )
 

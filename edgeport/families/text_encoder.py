@@ -44,6 +44,7 @@ class TextEncoder(TokenizedText):
     decodes = False
     reads_text = True
     pads_tokens = True
+    encoder_decoder = False
     default_objective: Objective = "latency"
     validation_batch = 16
     bench_batch = 32

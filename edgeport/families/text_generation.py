@@ -50,6 +50,7 @@ class TextGeneration(TokenizedText):
     decodes = True
     reads_text = True
     pads_tokens = False
+    encoder_decoder = False
     # On the device, decoding is bound by memory bandwidth and RAM; a small model that
     # fits this host's caches hides that, so the smallest passing candidate wins by default.
     default_objective: Objective = "size"

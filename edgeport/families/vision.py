@@ -135,12 +135,10 @@ def preprocessor_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def golden_indices(count: int) -> list[int]:
-    """Which of `count` validation images become golden samples: GOLDEN_IMAGES of them,
-    spread over the set."""
-    return sorted(
-        {round(k * (count - 1) / max(GOLDEN_IMAGES - 1, 1)) for k in range(GOLDEN_IMAGES)}
-    )
+def golden_indices(count: int, wanted: int = GOLDEN_IMAGES) -> list[int]:
+    """Which of `count` validation inputs become golden samples: `wanted` of them (six
+    images), spread over the set."""
+    return sorted({round(k * (count - 1) / max(wanted - 1, 1)) for k in range(wanted)})
 
 
 def transformer_activation_mb(side: int, patch: int, hidden: int, heads: int) -> float:
@@ -168,6 +166,7 @@ class Vision:
     decodes = False
     reads_text = False
     pads_tokens = False
+    encoder_decoder = False
     default_objective: Objective = "latency"
     batch = 8
 

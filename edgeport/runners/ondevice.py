@@ -411,6 +411,8 @@ def _onnxruntime(
         "version": ort.__version__,
         "providers": session.get_providers(),
     }
+    if is_seq2seq_decoder(input_names):
+        return onnxruntime_seq2seq_decoder(session), info
     return (run_decoder if past else run), info
 
 
@@ -438,6 +440,8 @@ def _openvino(
         return {NEXT_TOKEN: np.asarray(request.get_tensor("logits").data).argmax(axis=-1)}
 
     info = {"target": "openvino", "version": ov.__version__, "providers": [device]}
+    if is_seq2seq_decoder(input_names):
+        return openvino_seq2seq_decoder(compiled), info
     return (run_decoder if "beam_idx" in input_names else run), info
 
 
@@ -511,6 +515,8 @@ def load_runtime(
     if len(parts(spec)) == 1:
         return _load_one(bundle, spec, threads)
     runs, info = load_parts(bundle, spec, threads)
+    if spec.get("task") in SEQ2SEQ_TASKS:
+        return seq2seq_runtime(runs, spec), info
 
     def run(feeds: Mapping[str, Array]) -> Outputs:
         return runs[part_of(spec, feeds)](feeds)
@@ -761,6 +767,8 @@ def task_metrics(
         )
     if task == ZERO_SHOT_TASK:
         return zero_shot_metrics([ref for _, ref in pairs], actual, spec)
+    if task in SEQ2SEQ_TASKS:
+        return token_metrics([ref[TOKENS] for _, ref in pairs], [out[TOKENS] for out in actual])
     name = spec["output_names"][0]
     if task == "feature-extraction":
         cosines = np.concatenate(
@@ -1446,3 +1454,371 @@ def whisper_features(samples: Array, config: Mapping[str, Any]) -> Array:
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)  # at most 80 dB below the peak
     log_spec = (log_spec + 4.0) / 4.0
     return log_spec[np.newaxis]
+
+
+# --------------------------------------------------------------------------- seq2seq
+#
+# Encoder-decoder models (Whisper, T5, Marian) ship as two graphs: the encoder, run once
+# per input, and a decoder with a KV cache. A decoder's run function keeps its cache
+# itself: given `encoder_hidden_states` it starts a new sequence (an empty cache; the
+# cross-attention keys and values are computed from those states), without them it goes
+# on from where the last call ended. So one greedy loop (`greedy_decode`) drives ONNX
+# Runtime's merged decoder (`use_cache_branch`, the cache passed in and out) and
+# OpenVINO's stateful decoder (the cache kept inside the infer request) alike, and the
+# host drives the PyTorch original through the same loop.
+
+ASR_TASK = "automatic-speech-recognition-with-past"
+TEXT2TEXT_TASK = "text2text-generation-with-past"
+SEQ2SEQ_TASKS = frozenset({ASR_TASK, TEXT2TEXT_TASK})
+ENCODER_STATES = "encoder_hidden_states"
+USE_CACHE_BRANCH = "use_cache_branch"
+LOGITS = "logits"
+
+
+def is_seq2seq_decoder(input_names: Iterable[str]) -> bool:
+    """A decoder that reads an encoder's states: its run function keeps a KV cache."""
+    return ENCODER_STATES in set(input_names)
+
+
+def onnxruntime_seq2seq_decoder(session: Any) -> RunFn:
+    """ONNX Runtime's merged decoder (optimum's decoder_model_merged.onnx): the first step
+    takes the `use_cache_branch=False` path with empty past tensors; the others the
+    cached path, fed the previous step's `present.*.decoder.*` and the first step's
+    `present.*.encoder.*` (the cross-attention cache, fixed for the whole sequence)."""
+    inputs = session.get_inputs()
+    input_names = {i.name for i in inputs}
+    output_names = [o.name for o in session.get_outputs()]
+    past = [
+        (i.name, i.shape[1], i.shape[3], np.float16 if "float16" in i.type else np.float32)
+        for i in inputs
+        if i.name.startswith(PAST_PREFIX)
+    ]
+    state: dict[str, Array] = {}
+
+    def run(feeds: Mapping[str, Array]) -> Outputs:
+        ids = np.asarray(feeds["input_ids"], dtype=np.int64)
+        if ENCODER_STATES in feeds:  # a new sequence
+            state.clear()
+            state[ENCODER_STATES] = np.asarray(feeds[ENCODER_STATES], dtype=np.float32)
+            full = {name: np.zeros((ids.shape[0], h, 0, d), t) for name, h, d, t in past}
+            started = False
+        elif not state:
+            raise BundleError("a seq2seq decoder was continued before any sequence started")
+        else:
+            full = {name: state[name] for name, _, _, _ in past}
+            started = True
+        full["input_ids"] = ids
+        full[ENCODER_STATES] = state[ENCODER_STATES]
+        full.update(_encoder_mask(input_names, state[ENCODER_STATES]))
+        if USE_CACHE_BRANCH in input_names:
+            full[USE_CACHE_BRANCH] = np.array([started])
+        elif started:
+            raise BundleError("this decoder graph has no cached branch (use_cache_branch)")
+        results = dict(zip(output_names, session.run(None, full), strict=True))
+        for name, _, _, _ in past:
+            present = "present" + name[len(PAST_PREFIX) - 1 :]
+            if not (started and ".encoder." in name):
+                state[name] = results[present]
+        return {LOGITS: results[LOGITS]}
+
+    return run
+
+
+def openvino_seq2seq_decoder(compiled: Any) -> RunFn:
+    """OpenVINO's stateful decoder (optimum-intel's openvino_decoder_model.xml): the cache
+    lives in the infer request; a new sequence resets it."""
+    request = compiled.create_infer_request()
+    input_names = {port.get_any_name() for port in compiled.inputs}
+    state: dict[str, Array] = {}
+
+    def run(feeds: Mapping[str, Array]) -> Outputs:
+        ids = np.asarray(feeds["input_ids"], dtype=np.int64)
+        if ENCODER_STATES in feeds:
+            request.reset_state()
+            state[ENCODER_STATES] = np.asarray(feeds[ENCODER_STATES], dtype=np.float32)
+        elif not state:
+            raise BundleError("a seq2seq decoder was continued before any sequence started")
+        request.infer(
+            {
+                "input_ids": ids,
+                ENCODER_STATES: state[ENCODER_STATES],
+                "beam_idx": np.arange(ids.shape[0], dtype=np.int32),
+                **_encoder_mask(input_names, state[ENCODER_STATES]),
+            }
+        )
+        return {LOGITS: np.array(request.get_tensor(LOGITS).data, copy=True)}
+
+    return run
+
+
+def _encoder_mask(input_names: set[str], states: Array) -> dict[str, Array]:
+    """T5's and BART's decoders also take the encoder's mask (one unpadded input)."""
+    if "encoder_attention_mask" not in input_names:
+        return {}
+    return {"encoder_attention_mask": np.ones(states.shape[:2], dtype=np.int64)}
+
+
+class DecodingRules(NamedTuple):
+    """Greedy decoding as the model's generation_config asks: the decoder's first tokens
+    (`prompt`: decoder_start_token_id, then Whisper's forced language/task/notimestamps
+    tokens), the tokens that end it, tokens never generated (`suppress`) or not as the
+    first token (`begin_suppress`), and at most `max_new_tokens` generated."""
+
+    prompt: tuple[int, ...]
+    eos: frozenset[int]
+    suppress: tuple[int, ...]
+    begin_suppress: tuple[int, ...]
+    max_new_tokens: int
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> DecodingRules:
+        rules = spec.get("decoding")
+        if not isinstance(rules, dict):
+            raise BundleError(f"{MANIFEST}: runtime.decoding is missing")
+        try:
+            return cls(
+                prompt=tuple(int(t) for t in rules["prompt"]),
+                eos=frozenset(int(t) for t in rules["eos"]),
+                suppress=tuple(int(t) for t in rules.get("suppress", ())),
+                begin_suppress=tuple(int(t) for t in rules.get("begin_suppress", ())),
+                max_new_tokens=int(rules["max_new_tokens"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{MANIFEST}: runtime.decoding is malformed: {exc}") from exc
+
+    def as_spec(self) -> dict[str, Any]:
+        return {
+            "prompt": list(self.prompt),
+            "eos": sorted(self.eos),
+            "suppress": list(self.suppress),
+            "begin_suppress": list(self.begin_suppress),
+            "max_new_tokens": self.max_new_tokens,
+        }
+
+    def choose(self, logits: Array, first: bool) -> int:
+        """The greedy token after the suppression rules."""
+        scores = np.array(logits, dtype=np.float64, copy=True)
+        # Ids past the vocabulary are ignored, as transformers' processors ignore them.
+        banned = [*self.suppress, *(self.begin_suppress if first else ())]
+        banned = [t for t in banned if 0 <= t < len(scores)]
+        if banned:
+            scores[banned] = -np.inf
+        return int(scores.argmax())
+
+
+def greedy_decode(decoder: RunFn, encoder_states: Array, rules: DecodingRules) -> list[int]:
+    """The generated tokens (prompt and end token excluded) of greedy decoding through
+    the decoder's KV cache."""
+    ids = np.array([list(rules.prompt)], dtype=np.int64)
+    outputs = decoder({"input_ids": ids, ENCODER_STATES: encoder_states})
+    generated: list[int] = []
+    while len(generated) < rules.max_new_tokens:
+        token = rules.choose(np.asarray(outputs[LOGITS])[0, -1], first=not generated)
+        if token in rules.eos:
+            break
+        generated.append(token)
+        if len(generated) == rules.max_new_tokens:
+            break
+        outputs = decoder({"input_ids": np.array([[token]], dtype=np.int64)})
+    return generated
+
+
+def teacher_forced(
+    decoder: RunFn, encoder_states: Array, rules: DecodingRules, tokens: Sequence[int]
+) -> list[int]:
+    """The decoder's greedy choice at every position of `tokens` (and of the end token
+    after them), fed the prompt and `tokens` in one pass: what it would say next if
+    every earlier token were right."""
+    ids = np.array([list(rules.prompt) + list(tokens)], dtype=np.int64)
+    logits = np.asarray(decoder({"input_ids": ids, ENCODER_STATES: encoder_states})[LOGITS])[0]
+    start = len(rules.prompt) - 1
+    return [rules.choose(logits[start + k], first=k == 0) for k in range(len(tokens) + 1)]
+
+
+def encode(run: RunFn, feeds: Mapping[str, Array]) -> Array:
+    """The encoder's states for one input (the encoder's first output)."""
+    outputs = run(feeds)
+    return np.asarray(outputs.get("last_hidden_state", next(iter(outputs.values()))))
+
+
+TOKENS = "tokens"  # a seq2seq model's output as verify.py compares it: the generated ids
+
+
+def seq2seq_runtime(runs: Mapping[str, RunFn], spec: Mapping[str, Any]) -> RunFn:
+    """An encoder-decoder bundle as one run function: encoder feeds in, the greedily
+    generated token ids (`tokens`, int64 (n,)) out."""
+    rules = DecodingRules.from_spec(spec)
+    try:
+        encoder, decoder = runs["encoder"], runs["decoder"]
+    except KeyError as exc:
+        raise BundleError(
+            f"{MANIFEST}: a seq2seq model needs an encoder and a decoder part"
+        ) from exc
+
+    def run(feeds: Mapping[str, Array]) -> Outputs:
+        states = encode(encoder, feeds)
+        return {TOKENS: np.array(greedy_decode(decoder, states, rules), dtype=np.int64)}
+
+    return run
+
+
+# Token ids back to text, from a tokenizer.json, with the standard library: a bundle that
+# runs a speech model needs no tokenizer package. Byte-level BPE (GPT-2, Whisper, BART)
+# and Metaspace (SentencePiece: T5, Marian) decoders are read; others are refused.
+
+
+def _byte_level_table() -> dict[str, int]:
+    """GPT-2's printable stand-in for each byte, reversed (tokens spell bytes with these)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    codes = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
+
+
+class Detokenizer:
+    """`decode(ids)` as the `tokenizers` library decodes with skip_special_tokens=True."""
+
+    def __init__(self, path: Path) -> None:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        model = data.get("model") or {}
+        vocab = model.get("vocab")
+        if isinstance(vocab, dict):
+            tokens = {int(i): str(t) for t, i in vocab.items()}
+        elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
+            tokens = {i: str(entry[0]) for i, entry in enumerate(vocab)}
+        else:
+            raise BundleError(f"{path}: no vocabulary in the tokenizer's model")
+        self.special: set[int] = set()
+        for added in data.get("added_tokens") or []:
+            tokens[int(added["id"])] = str(added["content"])
+            if added.get("special"):
+                self.special.add(int(added["id"]))
+        self.tokens = tokens
+        self.kind, self.replacement = self._decoder_kind(data.get("decoder"), path)
+        self.bytes = _byte_level_table() if self.kind == "byte-level" else {}
+
+    @staticmethod
+    def _decoder_kind(decoder: Any, path: Path) -> tuple[str, str]:
+        steps = decoder.get("decoders", [decoder]) if isinstance(decoder, dict) else []
+        for step in steps:
+            kind = step.get("type") if isinstance(step, dict) else None
+            if kind == "ByteLevel":
+                return "byte-level", ""
+            if kind == "Metaspace":
+                return "metaspace", str(step.get("replacement", "\u2581"))
+        raise BundleError(f"{path}: run.py decodes ByteLevel and Metaspace tokenizers only")
+
+    def decode(self, ids: Iterable[int]) -> str:
+        pieces = [self.tokens.get(int(i), "") for i in ids if int(i) not in self.special]
+        text = "".join(pieces)
+        if self.kind == "byte-level":
+            data = bytes(self.bytes[c] for c in text if c in self.bytes)
+            return data.decode("utf-8", errors="replace")
+        text = text.replace(self.replacement, " ")
+        return text[1:] if text.startswith(" ") else text
+
+
+# Scores of a converted model's outputs against the original's, the same on the host and
+# the device: word error rate (speech) and chrF (translation), both of a hypothesis
+# against a reference text.
+
+
+def normalise_words(text: str) -> list[str]:
+    """Lower-case words without punctuation: how a transcript is compared word by word."""
+    kept = "".join(c.lower() if c.isalnum() or c in "'" else " " for c in text)
+    return kept.split()
+
+
+def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
+def word_errors(hypothesis: str, reference: str) -> tuple[int, int]:
+    """(word edits, reference words): summed over utterances they give the corpus WER."""
+    ref = normalise_words(reference)
+    return edit_distance(normalise_words(hypothesis), ref), len(ref)
+
+
+def chrf(hypotheses: Sequence[str], references: Sequence[str], order: int = 6) -> float:
+    """Corpus chrF (0–100) as sacrebleu computes it: character n-grams 1..6 without
+    spaces, statistics summed over the corpus, F-score with beta 2. One difference: when
+    neither side has a character, sacrebleu says 0 and this says 100 (nothing said where
+    the original said nothing is agreement)."""
+    from collections import Counter
+
+    matches = [0] * order
+    hyp_total = [0] * order
+    ref_total = [0] * order
+    for hypothesis, reference in zip(hypotheses, references, strict=True):
+        hyp, ref = hypothesis.replace(" ", ""), reference.replace(" ", "")
+        for n in range(1, order + 1):
+            hyp_grams = Counter(hyp[i : i + n] for i in range(len(hyp) - n + 1))
+            ref_grams = Counter(ref[i : i + n] for i in range(len(ref) - n + 1))
+            matches[n - 1] += sum((hyp_grams & ref_grams).values())
+            # sacrebleu counts no hypothesis n-grams where the reference has none.
+            hyp_total[n - 1] += sum(hyp_grams.values()) if ref_grams else 0
+            ref_total[n - 1] += sum(ref_grams.values())
+    # sacrebleu's default: precision and recall averaged over the orders that occur in
+    # both texts ("effective order"), then one F-beta of the averages.
+    used = [n for n in range(order) if hyp_total[n] and ref_total[n]]
+    if not used:  # nothing to match: right only when both sides said nothing
+        same = [h.split() for h in hypotheses] == [r.split() for r in references]
+        return 100.0 if same else 0.0
+    precision = sum(matches[n] / hyp_total[n] for n in used) / len(used)
+    recall = sum(matches[n] / ref_total[n] for n in used) / len(used)
+    beta2 = 4.0
+    if precision + recall == 0:
+        return 0.0
+    return 100.0 * (1 + beta2) * precision * recall / (beta2 * precision + recall)
+
+
+def seq2seq_metrics(
+    reference: Sequence[Sequence[int]],
+    actual: Sequence[Sequence[int]],
+    reference_texts: Sequence[str],
+    actual_texts: Sequence[str],
+) -> dict[str, float]:
+    """Generated token ids and their texts, the original's against the converted model's:
+    the share of inputs with identical output, the word error rate and chrF of the
+    converted text against the original's, and how many outputs came out empty where
+    the original said something."""
+    pairs = list(zip(reference, actual, strict=True))
+    identical = sum(list(r) == list(a) for r, a in pairs) / max(len(pairs), 1)
+    edits = words = 0
+    for hypothesis, ref_text in zip(actual_texts, reference_texts, strict=True):
+        e, w = word_errors(hypothesis, ref_text)
+        edits, words = edits + e, words + w
+    empty = sum(
+        1
+        for ref_text, text in zip(reference_texts, actual_texts, strict=True)
+        if ref_text.strip() and not text.strip()
+    )
+    return {
+        "output_identical": identical,
+        "wer": edits / max(words, 1),
+        "chrf": chrf(list(actual_texts), list(reference_texts)),
+        "empty_outputs": float(empty),
+    }
+
+
+def token_metrics(reference: Sequence[Array], actual: Sequence[Array]) -> dict[str, float]:
+    """Generated ids, token by token: the share of inputs whose output is identical, and
+    token agreement (1 - token edits / the original's tokens, over all inputs)."""
+    pairs = [(list(map(int, r)), list(map(int, a))) for r, a in zip(reference, actual, strict=True)]
+    edits = sum(edit_distance(a, r) for r, a in pairs)
+    total = sum(len(r) for r, _ in pairs)
+    return {
+        "output_identical": sum(r == a for r, a in pairs) / max(len(pairs), 1),
+        "token_agreement": max(0.0, 1.0 - edits / max(total, 1)),
+    }
