@@ -476,6 +476,13 @@ class OnnxRuntimeBackend:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = onnx.load(str(source))
+        if any(node.op_type == "If" for node in model.graph.node):
+            # Its outputs of If branches come out dangling (seen with ORT 1.31's converter
+            # on optimum's merged decoders): refused rather than shipped broken.
+            raise UnsupportedError(
+                "ONNX Runtime's fp16 converter breaks graphs with If branches (a merged "
+                "KV-cache decoder)"
+            )
         converted = convert_float_to_float16(model, keep_io_types=quantization.keep_io_float)
         _save(converted, target)
 
