@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from edgeport.backends import Artifact, ExportedModel, Feeds, InferenceSession, get_backend
 from edgeport.dependencies import install_hint
-from edgeport.errors import EdgeportError
+from edgeport.errors import DoesNotFitError, EdgeportError
 from edgeport.exports import export_model
 from edgeport.families import BenchWorkload, Family, family_of
 from edgeport.parts import PartSessions, build_parts, load_parts
@@ -89,6 +89,22 @@ def _as_artifact(exported: ExportedModel) -> Artifact:
     )
 
 
+def part_fallbacks(artifact: Artifact) -> list[list[str]]:
+    """The parts to keep at full precision, one variant after another, when a multi-part
+    artifact misses the gate: each quantised part alone, the smallest first (the
+    combination that stays the most compressed is tried first, and the part at fault is
+    usually one: Whisper's encoder is sensitive, its decoder is not), then, with more than
+    two quantised parts, all but the first. Keeping every quantised part is the fp32
+    candidate itself, never a variant."""
+    quantised = [part for part in artifact.parts if part.precision not in ("", "fp32")]
+    if len(quantised) < 2:
+        return []
+    alone = [[part.part] for part in sorted(quantised, key=lambda part: part.model_bytes)]
+    if len(quantised) > 2:
+        alone.append([part.part for part in quantised[1:]])
+    return alone
+
+
 class CandidateEvaluator:
     """Export once per target, then build, validate and measure each candidate.
 
@@ -135,28 +151,32 @@ class CandidateEvaluator:
         candidate: Candidate,
         failed: Attempt,
         baseline: Measurement,
-        search: Evaluation,
+        search: Evaluation | None,
         host_timings_rank: bool = True,
     ) -> list[Attempt]:
-        """Variants of a failed candidate: a multi-part model's other parts back at full
-        precision first (the first part, what the device runs per input, keeps the
-        recipe), then mixed precision by node (search.py) when the recipe asks."""
+        """Variants of a failed candidate: for a multi-part model, one quantised part at a
+        time back at full precision (part by part, see `part_fallbacks`), then mixed
+        precision by node (search.py) when the recipe asks and the family gave search
+        inputs."""
         key = attempt_key(candidate.recipe.id, failed.variant)
         if key not in self.artifacts:
             return []
         attempts: list[Attempt] = []
-        quantised = [p.part for p in self.artifacts[key].parts[1:] if p.precision != "fp32"]
-        if quantised:
-            candidate = candidate.model_copy(update={"float_parts": quantised})
-            variant = f"{', '.join(quantised)} in fp32"
+        first = self.artifacts[key].parts[0].part if self.artifacts[key].parts else ""
+        for kept in part_fallbacks(self.artifacts[key]):
+            variant_candidate = candidate.model_copy(update={"float_parts": kept})
+            variant = f"{', '.join(kept)} in fp32"
             self.progress.info(f"{candidate.recipe.id}: keeping {variant}")
-            attempt = self.evaluate(candidate, baseline, variant)
+            attempt = self.evaluate(variant_candidate, baseline, variant)
             self.progress.info(attempt_line(attempt))
             attempts.append(attempt)
-            key = attempt_key(candidate.recipe.id, variant)
-            if attempt.status != "failed" or key not in self.artifacts:
-                return attempts
-        if not candidate.recipe.quantize.mixed_precision:
+            if attempt.status in ("passed", "skipped"):
+                return attempts  # skipped: pruned, and so would the others be
+            if first not in kept and attempt_key(candidate.recipe.id, variant) in self.artifacts:
+                # The mixed-precision search below ranks the first part's nodes, the
+                # others as this variant keeps them.
+                candidate, key = variant_candidate, attempt_key(candidate.recipe.id, variant)
+        if search is None or not candidate.recipe.quantize.mixed_precision:
             return attempts
         from edgeport.search import refine
 
@@ -267,6 +287,12 @@ class CandidateEvaluator:
             artifact = build_parts(
                 backend, exported, candidate, self.info, self.calibration, build_dir
             )
+            limit = candidate.max_model_bytes
+            if limit is not None and artifact.model_bytes > limit:
+                raise DoesNotFitError(
+                    f"not shipped: its model files are {artifact.model_bytes / 2**20:.2f} MB, "
+                    f"over --max-size {limit / 2**20:g} MB"
+                )
             self.progress.info(f"{recipe.id}: validating against PyTorch")
             session = load_parts(backend, artifact, candidate.device, self.threads)
             report = self.family.validate(self.info, session, self.evaluation, recipe.tolerance)
@@ -274,6 +300,14 @@ class CandidateEvaluator:
             self.progress.info(f"{recipe.id}: measuring latency")
             measurement = self.measure(
                 artifact, candidate.target, candidate.device, self.threads, self.bench
+            )
+        except DoesNotFitError as exc:  # over the size limit, or a budget nothing fits
+            return Attempt(
+                status="skipped",
+                detail=str(exc),
+                over_size=True,
+                duration_s=round(time.monotonic() - started, 2),
+                **common,
             )
         except EdgeportError as exc:
             return Attempt(
@@ -325,7 +359,7 @@ class Evaluator(Protocol):
         candidate: Candidate,
         failed: Attempt,
         baseline: Measurement,
-        search: Evaluation,
+        search: Evaluation | None,
         host_timings_rank: bool = True,
     ) -> list[Attempt]: ...
 
@@ -378,7 +412,7 @@ def search_candidates(
         attempt = evaluator.evaluate(candidate, baseline)
         attempts.append(attempt)
         progress.info(attempt_line(attempt))
-        if attempt.status == "failed" and search_inputs is not None:
+        if attempt.status == "failed":
             attempts.extend(
                 evaluator.refine(
                     candidate, attempt, baseline, search_inputs, basis.host_timings_rank

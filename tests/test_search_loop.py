@@ -19,9 +19,14 @@ from fake_backend import (
     measure_in_process,
 )
 
-from edgeport.backends import get_backend
+from edgeport.backends import Artifact, get_backend
 from edgeport.errors import UnsupportedError
-from edgeport.evaluation import CandidateEvaluator, SearchOutcome, search_candidates
+from edgeport.evaluation import (
+    CandidateEvaluator,
+    SearchOutcome,
+    part_fallbacks,
+    search_candidates,
+)
 from edgeport.families import BenchWorkload
 from edgeport.schemas import Candidate, ModelInfo, Recipe
 from edgeport.selection import SpeedBasis
@@ -232,3 +237,29 @@ def test_every_candidate_erroring_is_unsupported_naming_each_error(
     assert "no-kernel: RuntimeError: no int8 kernel" in message
     assert "no-module: needs `pip install -c constraints.txt onnx-ir`" in message
     assert caught.value.exit_code == 4
+
+
+def _part(name: str, precision: str, size: int, tmp_path: Path) -> Artifact:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / f"{name}.onnx").write_bytes(b"\0" * size)
+    return Artifact(
+        folder, f"{name}.onnx", (f"{name}.onnx",), (), (), part=name, precision=precision
+    )
+
+
+def test_a_multi_part_model_falls_back_one_part_at_a_time_smallest_first(
+    tmp_path: Path,
+) -> None:
+    """When a quantised encoder-decoder misses the gate, the search first keeps the
+    smaller part in float (the combination that stays the most compressed), then the
+    other; keeping both is the fp32 candidate, never a variant, and a model with one
+    quantised part has no part-by-part fallback at all."""
+    encoder = _part("encoder", "int8", 3000, tmp_path)
+    decoder = _part("decoder", "int8", 1000, tmp_path)
+    both = Artifact(tmp_path, "", (), (), (), parts=(encoder, decoder))
+    assert part_fallbacks(both) == [["decoder"], ["encoder"]]
+    float_decoder = _part("float-decoder", "fp32", 1000, tmp_path)
+    one = Artifact(tmp_path, "", (), (), (), parts=(encoder, float_decoder))
+    assert part_fallbacks(one) == []
+    assert part_fallbacks(encoder) == []

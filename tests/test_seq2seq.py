@@ -144,7 +144,8 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
 def test_random_whisper_bundle_runs_and_verifies(random_whisper: Path, tmp_path: Path) -> None:
     """Both runtimes' KV-cache loops give PyTorch's tokens (a random model babbles the
     same tokens to its last position: any cache slip shows); the chosen bundle runs a
-    WAV longer than 30 s window by window and verifies itself."""
+    WAV longer than 30 s window by window and verifies itself; where the user gave a
+    transcript, the word error rate against it is reported."""
     recordings = tmp_path / "recordings"
     recordings.mkdir()
     rng = np.random.default_rng(1)
@@ -164,6 +165,10 @@ def test_random_whisper_bundle_runs_and_verifies(random_whisper: Path, tmp_path:
     assert runtime["decoding"]["prompt"] == [1]
     assert [a["status"] for a in manifest["attempts"]] == ["passed", "passed"]
     assert manifest["metrics"]["output_identical"] == 1.0
+    # 0.txt is 0.wav's transcript: the word error rate against it is reported, for the
+    # original and the bundle alike (a random model babbles: it is high, and not gated).
+    metrics = manifest["metrics"]
+    assert metrics["wer_vs_truth"] == metrics["wer_vs_truth_original"] > 0.5
     rate = 22050  # resampled to 16 kHz by run.py
     t = np.arange(int(rate * 33.5)) / rate
     wav = write_wav(tmp_path / "long.wav", 0.3 * np.sin(2 * np.pi * 220 * t), rate)

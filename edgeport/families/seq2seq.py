@@ -27,7 +27,13 @@ from edgeport.backends import PartSource
 from edgeport.errors import UnsupportedError
 from edgeport.families import BenchWorkload, Prepared
 from edgeport.runners import ondevice
-from edgeport.validate import Evaluation, ReferenceModel, compare, gated_metric
+from edgeport.validate import (
+    Evaluation,
+    ReferenceModel,
+    compare,
+    gated_metric,
+    ungated_metric,
+)
 
 if TYPE_CHECKING:
     from edgeport.backends import ExportedModel, Feeds, InferenceSession
@@ -87,6 +93,10 @@ class EncoderDecoder:
 
     def decoding_rules(self, model: ModelInfo) -> ondevice.DecodingRules:
         raise NotImplementedError
+
+    def truth(self, sample: Any) -> str:
+        """What the input really says, when the samples know it (a transcript), else ""."""
+        return ""
 
     # ------------------------------------------------------------------ parts
 
@@ -168,6 +178,7 @@ class EncoderDecoder:
             prompts=tuple(rules.prompt for _ in batches),
             reference_generations=generations,
             texts=tuple(detokenizer.decode(g) for g in generations),
+            truths=tuple(self.truth(s) for s in samples.validation),
         )
         return Prepared(
             evaluation=evaluation,
@@ -224,7 +235,7 @@ class EncoderDecoder:
             return [
                 gated_metric(name, values[name], tolerance, field, higher)
                 for name, field, higher in self.gates()
-            ]
+            ] + self.truth_metrics(evaluation, texts)
 
         report = compare(model, evaluation, outputs, tolerance, metrics, generations)
         if worst:
@@ -232,6 +243,27 @@ class EncoderDecoder:
                 update={"notes": [*report.notes, "outputs that differ: " + "; ".join(worst)]}
             )
         return report
+
+    def truth_metrics(self, evaluation: Evaluation, texts: Sequence[str]) -> MetricList:
+        """The text metric against what the inputs really say (the user's `.txt`
+        transcripts, the text espeak-ng spoke), for the original and the converted model:
+        how good the model is, beside the gates on how faithful the conversion is."""
+        known = [i for i, truth in enumerate(evaluation.truths) if truth.strip()]
+        if not known:
+            return []
+        name, _, higher = self.text_metric
+        truths = [evaluation.truths[i] for i in known]
+
+        def score(hypotheses: Sequence[str]) -> float:
+            chosen = [hypotheses[i] for i in known]
+            return ondevice.seq2seq_metrics([[]] * len(known), [[]] * len(known), truths, chosen)[
+                name
+            ]
+
+        return [
+            ungated_metric(f"{name}_vs_truth", score(texts), higher),
+            ungated_metric(f"{name}_vs_truth_original", score(evaluation.texts), higher),
+        ]
 
     def gates(self) -> tuple[tuple[str, str, bool], ...]:
         return (

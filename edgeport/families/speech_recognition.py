@@ -117,6 +117,9 @@ class SpeechRecognition(EncoderDecoder):
         samples = ondevice.resample(sample.samples, sample.sampling_rate, config["sampling_rate"])
         return {FEATURES: ondevice.whisper_features(samples, config)}
 
+    def truth(self, sample: Utterance) -> str:
+        return sample.text if sample.has_transcript else ""
+
     def decoding_rules(self, model: ModelInfo) -> ondevice.DecodingRules:
         return generation_rules(model.local_path, whisper_prompt(model.local_path))
 
