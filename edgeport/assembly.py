@@ -53,6 +53,8 @@ _VERSION_PACKAGES = (
     "openvino-tokenizers",
     "nncf",
     "optimum-intel",
+    "gguf",
+    "llama-cpp-python",
 )
 
 

@@ -68,6 +68,11 @@ class BuildFile(_Strict):
     accept_degraded: bool = False
     samples: Path | None = None
     search_budget_s: float = Field(default=1200.0, gt=0)
+    max_size_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Hard limit on each bundle's model files in MiB (as `convert --max-size`).",
+    )
 
     # The file it was read from (load_build_file), for messages; None when built in code.
     _source: Path | None = PrivateAttr(default=None)
@@ -348,6 +353,7 @@ def run_build(
                     recipes=frozenset(model.recipes) if model.recipes else None,
                     objective=build.objective,
                     search_budget_s=build.search_budget_s,
+                    max_size_mb=build.max_size_mb,
                     accept_degraded=build.accept_degraded,
                     force=force,
                     catalog=catalog,

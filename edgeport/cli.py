@@ -113,6 +113,23 @@ def _emit_json(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+MaxSizeOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-size",
+        metavar="MB",
+        help="Hard limit on the shipped model files, in MB (MiB, as reports count): larger "
+        "candidates are dropped or not shipped; size-fitting recipes (gguf-fit) fill it.",
+    ),
+]
+
+
+def _check_max_size(max_size: float | None) -> float | None:
+    if max_size is not None and not max_size > 0:
+        raise typer.BadParameter("must be a positive number of MB", param_hint="--max-size")
+    return max_size
+
+
 def _check_objective(objective: str | None) -> Any:
     if objective is not None and objective not in {"latency", "size", "accuracy"}:
         raise typer.BadParameter("must be latency, size or accuracy", param_hint="--objective")
@@ -134,6 +151,7 @@ def convert(
         list[str] | None, typer.Option("--recipe", "-r", help="Only consider these recipes.")
     ] = None,
     objective: ObjectiveOpt = None,
+    max_size: MaxSizeOpt = None,
     search_budget: Annotated[
         float, typer.Option(help="Seconds to spend evaluating candidates once one has passed.")
     ] = 1200.0,
@@ -162,6 +180,7 @@ def convert(
         samples=samples,
         recipes=frozenset(recipe) if recipe else None,
         objective=_check_objective(objective),
+        max_size_mb=_check_max_size(max_size),
         search_budget_s=search_budget,
         accept_degraded=accept_degraded,
         trust_remote_code=trust_remote_code,
@@ -397,6 +416,7 @@ def plan_command(
     revision: RevisionOpt = None,
     task: TaskOpt = None,
     objective: ObjectiveOpt = None,
+    max_size: MaxSizeOpt = None,
     json_output: JsonOpt = False,
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
@@ -418,6 +438,7 @@ def plan_command(
         revision=revision,
         task=task,
         objective=_check_objective(objective),
+        max_size_mb=_check_max_size(max_size),
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
         catalog=catalog,

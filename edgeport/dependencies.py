@@ -21,6 +21,7 @@ _DISTRIBUTIONS = {
     "optimum.exporters.onnx": "optimum-onnx",
     "optimum.onnxruntime": "optimum-onnx",
     "optimum.onnx": "optimum-onnx",
+    "llama_cpp": "llama-cpp-python",
 }
 # Distributions that come with one of edgeport's extras: install the extra, which pins the
 # tested set, rather than the package alone.
@@ -29,6 +30,8 @@ _EXTRAS = {
     "openvino-tokenizers": "openvino",
     "nncf": "openvino",
     "optimum-intel": "openvino",
+    "llama-cpp-python": "gguf",
+    "gguf": "gguf",
     "pillow": "vision",
     "scikit-image": "vision",
 }

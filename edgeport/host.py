@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import logging
 import os
 import platform
@@ -160,12 +160,21 @@ def order_devices(reported: Iterable[str], target: Target) -> list[str]:
     return sorted(known, key=lambda name: name != cpu) or [cpu]
 
 
+def _distribution_installed(name: str) -> bool:
+    """Whether the pip distribution is installed (a target's device package names a
+    distribution, whose module may be named otherwise: llama-cpp-python is llama_cpp)."""
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def installed_runtimes(targets: dict[str, Target]) -> list[RuntimeSupport]:
     """Targets whose runtime is importable here, with the devices it reports."""
     runtimes = []
     for target in targets.values():
-        module = target.device_packages[0].replace("-", "_")
-        if importlib.util.find_spec(module) is None:
+        if not _distribution_installed(target.device_packages[0]):
             continue
         reported: list[str] = []
         try:

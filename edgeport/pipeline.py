@@ -54,6 +54,8 @@ class ConvertRequest:
     # Reuse fp32 exports across convert calls (edgeport build): a folder keyed by model,
     # commit, target and task; None exports afresh into the temporary work folder.
     export_cache: Path | None = None
+    # A hard limit on the shipped model files, in MiB (--max-size); None: the device's memory.
+    max_size_mb: float | None = None
 
 
 def default_out(model: ModelInfo, profile_id: str) -> Path:
@@ -89,6 +91,7 @@ def make_plan(request: ConvertRequest, progress: Progress) -> Plan:
         objective=objective_for(request, info),
         only_recipes=request.recipes,
         calibration=calibration,
+        max_size_mb=request.max_size_mb,
     )
 
 
@@ -106,6 +109,7 @@ def explain_empty_plan(result: Plan) -> EdgeportError:
     """
     profile = result.profile
     too_big = [d for d in result.dropped if d.code == "memory"]
+    too_large = [d for d in result.dropped if d.code == "size"]
     not_installed = [d for d in result.dropped if d.code == "extra"]
     if not_installed:
         reasons = "; ".join(f"{d.recipe_id}: {d.reason}" for d in not_installed)
@@ -118,6 +122,12 @@ def explain_empty_plan(result: Plan) -> EdgeportError:
             f"needs ~{needed:,.0f} MB; the device can give a model ~{profile.usable_memory_mb:,.0f}"
             f" MB ({profile.usable_memory_fraction:.0%} of {profile.memory_mb:,} MB); "
             f"{len(too_big)} candidate(s) dropped for memory"
+        )
+    if too_large:
+        smallest = min(too_large, key=lambda d: d.estimated_size_mb or float("inf"))
+        return DoesNotFitError(
+            f"nothing fits {profile.id} within the size limit: {len(too_large)} candidate(s) "
+            f"dropped; the smallest possible ({smallest.recipe_id}) has {smallest.reason}"
         )
     reasons = "; ".join(f"{d.recipe_id}: {d.reason}" for d in result.dropped) or "no recipes"
     return UnsupportedError(f"no candidate for {profile.id}: {reasons}")

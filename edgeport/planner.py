@@ -108,8 +108,19 @@ def estimate_memory_mb(
     return weights + estimate_activation_mb(model, profile) + target.runtime_overhead_mb
 
 
+def weights_budget_mb(model: ModelInfo, target: Target, profile: DeviceProfile) -> float:
+    """What the device's memory leaves the model's weights: its usable memory minus the
+    activations (a language model's KV cache at the profile's context) and the runtime."""
+    activations = estimate_activation_mb(model, profile)
+    return profile.usable_memory_mb - activations - target.runtime_overhead_mb
+
+
 def _drop(
-    recipe: Recipe, code: str, reason: str, estimated_memory_mb: float | None = None
+    recipe: Recipe,
+    code: str,
+    reason: str,
+    estimated_memory_mb: float | None = None,
+    estimated_size_mb: float | None = None,
 ) -> DroppedCandidate:
     return DroppedCandidate.model_validate(
         {
@@ -118,6 +129,7 @@ def _drop(
             "code": code,
             "reason": reason,
             "estimated_memory_mb": estimated_memory_mb,
+            "estimated_size_mb": estimated_size_mb,
         }
     )
 
@@ -200,11 +212,14 @@ def plan(
     objective: Objective = "latency",
     only_recipes: frozenset[str] | None = None,
     calibration: Calibration | None = None,
+    max_size_mb: float | None = None,
 ) -> Plan:
     """Rank every recipe the device can run; `host_targets` are targets this host can export.
 
     `calibration` (the profile's measured speedups, or None) replaces the recipes' speed
-    estimates wherever it measured the candidate's runtime and precision.
+    estimates wherever it measured the candidate's runtime and precision. `max_size_mb`
+    (MiB, --max-size) drops candidates whose model files are estimated larger, and is the
+    limit every kept candidate's artifact is held to once built.
     """
     kept: list[Candidate] = []
     dropped: list[DroppedCandidate] = []
@@ -290,6 +305,17 @@ def plan(
                 )
             )
             continue
+        size_mb = model.parameter_count * 4 / MIB * recipe.expect.size_factor
+        if max_size_mb is not None and size_mb > max_size_mb:
+            dropped.append(
+                _drop(
+                    recipe,
+                    "size",
+                    f"~{size_mb:,.1f} MB of model files, over --max-size {max_size_mb:g} MB",
+                    estimated_size_mb=round(size_mb, 1),
+                )
+            )
+            continue
         if target.id not in host_targets:
             dropped.append(
                 _drop(
@@ -300,7 +326,11 @@ def plan(
             )
             continue
         recipe = for_device(recipe, profile)
-        size_mb = model.parameter_count * 4 / MIB * recipe.expect.size_factor
+        limit = int(max_size_mb * MIB) if max_size_mb is not None else None
+        share = int(max(0.0, weights_budget_mb(model, target, profile)) * MIB)
+        if recipe.expect.size_factor_max is not None:  # grows to its budget
+            largest = model.parameter_count * 4 / MIB * recipe.expect.size_factor_max
+            size_mb = max(size_mb, min(largest, (limit if limit is not None else share) / MIB))
         if family_of(model).decodes:
             speedup = round(decode_speedup(model, recipe, profile), 2)
             decode = _decode_reason(model, recipe, profile)
@@ -325,6 +355,8 @@ def plan(
                 estimated_speedup=speedup,
                 reason=reason,
                 speed_source=source,
+                max_model_bytes=limit,
+                size_budget_bytes=limit if limit is not None else share,
             )
         )
 

@@ -7,6 +7,7 @@ stages pass values on, they never rewrite what they were given.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Literal, cast
@@ -181,7 +182,25 @@ def device_is_accelerator(device: str) -> bool:
 # --------------------------------------------------------------------------- targets
 
 # Defined here, not with the recipes, because a Target declares the schemes it can build.
-QuantScheme = Literal["none", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight"]
+QuantScheme = Literal[
+    "none", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight", "gguf"
+]
+# llama.cpp's file types (`llama_ftype`) a `gguf` recipe may name, and the precision class
+# each belongs to (K-quants mix types per tensor; the class is the bulk of the weights).
+GgufType = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS"]
+# ggml tensor types a gguf recipe may ask for one tensor.
+GgmlType = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q4_0"]
+GGUF_PRECISION: dict[str, Precision] = {
+    "F32": "fp32",
+    "F16": "fp16",
+    "BF16": "bf16",
+    "Q8_0": "int8",
+    "Q6_K": "int8",
+    "Q5_K_M": "int4",
+    "Q4_K_M": "int4",
+    "Q4_0": "int4",
+    "IQ4_XS": "int4",
+}
 # "package.module:Class": checked for shape only; the module is imported when the backend is
 # first used, so loading the catalogue (or `edgeport plan`) never pays for a runtime import.
 BACKEND_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
@@ -344,6 +363,71 @@ class Quantization(StrictModel):
         default_factory=dict,
         description="Weight-only: group_size on CPUs with this feature (first match wins).",
     )
+    gguf_type: GgufType | None = Field(
+        default=None,
+        description="Scheme gguf (llama.cpp): the file type llama.cpp's quantiser writes "
+        "(Q4_K_M, Q8_0, ...; F16/BF16/F32 unquantised). Required by that scheme, refused "
+        "by the others.",
+    )
+    gguf_token_embedding_type: GgmlType | None = Field(
+        default=None,
+        description="Scheme gguf: the type of the token embedding table (llama.cpp's "
+        "token_embedding_type); the file type's own choice when omitted. A table tied to "
+        "the output head is the head, and keeps llama.cpp's choice for it.",
+    )
+    gguf_tensor_types: dict[str, GgmlType] = Field(
+        default_factory=dict,
+        description="Scheme gguf: regex (re.search on GGUF tensor names, such as "
+        "`blk\\.0\\.` or `attn_v`) -> ggml type, for weight matrices kept at another type "
+        "than llama.cpp chose (the most sensitive layers at Q6_K over a 4-bit file); "
+        "re-quantised from the float export with the importance matrix when there is one.",
+    )
+    importance_matrix: bool = Field(
+        default=False,
+        description="Scheme gguf: weigh each weight column by its mean squared activation "
+        "on the calibration texts when quantising (llama.cpp's importance matrix).",
+    )
+    gguf_fit: bool = Field(
+        default=False,
+        description="Scheme gguf: choose each weight matrix's type among gguf_fit_types to "
+        "fit a byte budget (--max-size, else the weights' share of the device's memory): "
+        "every matrix starts at the cheapest type its rows fit, then the matrix whose "
+        "importance-weighted quantisation error drops the most per extra byte is upgraded, "
+        "until the budget is spent. The token embeddings keep gguf_token_embedding_type.",
+    )
+    gguf_fit_types: list[GgmlType] = Field(
+        default_factory=list,
+        description="Scheme gguf with gguf_fit: the ggml types a matrix may get "
+        "(Q4_K, Q5_K, Q6_K, Q8_0, ...).",
+    )
+
+    @model_validator(mode="after")
+    def _gguf_type_with_its_scheme(self) -> Quantization:
+        if self.scheme == "gguf" and self.gguf_type is None:
+            raise ValueError("scheme gguf needs gguf_type (Q4_K_M, Q8_0, F16, ...)")
+        gguf_only = (
+            self.gguf_type,
+            self.gguf_token_embedding_type,
+            self.importance_matrix or None,
+            self.gguf_tensor_types or None,
+            self.gguf_fit or None,
+            self.gguf_fit_types or None,
+        )
+        if self.scheme != "gguf" and any(value is not None for value in gguf_only):
+            raise ValueError(
+                "gguf_type, gguf_token_embedding_type, gguf_tensor_types, importance_matrix "
+                "and gguf_fit apply only to scheme gguf"
+            )
+        if self.gguf_fit and not self.gguf_fit_types:
+            raise ValueError("gguf_fit needs gguf_fit_types (the types a matrix may get)")
+        if self.gguf_fit_types and not self.gguf_fit:
+            raise ValueError("gguf_fit_types applies only with gguf_fit: true")
+        for pattern in self.gguf_tensor_types:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"gguf_tensor_types: bad regex {pattern!r}: {exc}") from exc
+        return self
 
     def for_features(self, features: frozenset[str]) -> Quantization:
         """This quantisation with the device-dependent knobs resolved for a CPU's features."""
@@ -358,6 +442,8 @@ class Quantization(StrictModel):
 
     @property
     def precision(self) -> Precision:
+        if self.scheme == "gguf":
+            return GGUF_PRECISION[self.gguf_type or "F32"]
         return {
             "none": "fp32",
             "fp16": "fp16",
@@ -412,6 +498,13 @@ class Tolerance(StrictModel):
 
 class Expectation(StrictModel):
     size_factor: float = Field(gt=0, description="Model bytes relative to fp32 weights.")
+    size_factor_max: float | None = Field(
+        default=None,
+        gt=0,
+        description="Recipes that fit their size to a budget (gguf_fit): model bytes relative "
+        "to fp32 with all the room they want; size_factor is then their smallest. The "
+        "planner estimates the size as this, capped by the budget.",
+    )
     speedup: float = Field(gt=0, description="Latency speedup vs fp32 on a plain CPU.")
     speedup_by_feature: dict[CpuFeature, float] = Field(
         default_factory=dict,
@@ -701,13 +794,25 @@ class Candidate(StrictModel):
         description="Multi-part models: parts kept at full precision although the recipe "
         "fits them (the search's fallback when the quantised part failed the gate).",
     )
+    max_model_bytes: int | None = Field(
+        default=None,
+        description="The user's hard limit on the model files (--max-size): an artifact "
+        "over it is not shipped.",
+    )
+    size_budget_bytes: int | None = Field(
+        default=None,
+        description="Bytes a recipe that fits its size to a budget may give the model "
+        "files: max_model_bytes when set, else the weights' share of the device's memory.",
+    )
 
     @property
     def key(self) -> str:
         return f"{self.recipe.id}@{self.device}"
 
 
-DropCode = Literal["target", "runtime", "family", "scheme", "isa", "precision", "memory", "extra"]
+DropCode = Literal[
+    "target", "runtime", "family", "scheme", "isa", "precision", "memory", "size", "extra"
+]
 
 
 class DroppedCandidate(StrictModel):
@@ -717,6 +822,9 @@ class DroppedCandidate(StrictModel):
     reason: str
     estimated_memory_mb: float | None = Field(
         default=None, description="For memory drops: what the candidate would need."
+    )
+    estimated_size_mb: float | None = Field(
+        default=None, description="For size drops: the model files' estimated size."
     )
 
 
@@ -800,6 +908,11 @@ class Attempt(StrictModel):
     variant: str = Field(default="", description="How this attempt differs from its recipe.")
     duration_s: float = 0.0
     artifact_dir: Path | None = Field(default=None, exclude=True)
+    over_size: bool = Field(
+        default=False,
+        exclude=True,
+        description="Not shipped: its model files exceed the size limit (--max-size).",
+    )
 
 
 class FileEntry(StrictModel):

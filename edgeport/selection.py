@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edgeport.errors import UnsupportedError
+from edgeport.errors import DoesNotFitError, UnsupportedError
 from edgeport.planner import Objective
 from edgeport.schemas import Attempt, Candidate, CpuSpec, DeviceProfile
 from edgeport.validate import primary_metric
@@ -195,11 +195,16 @@ def verdict_for(
     accepts degradation, the most accurate failed one; else nothing.
 
     Raises UnsupportedError when no candidate even ran to validation (each one's error is
-    in the message): that is not an accuracy verdict but a model edgeport cannot convert.
+    in the message): that is not an accuracy verdict but a model edgeport cannot convert;
+    DoesNotFitError when the ones that built were all over the size limit (--max-size).
     """
     chosen = choose(attempts, objective, basis)
     if chosen is not None:
         return chosen, "passed"
+    too_big = [a for a in attempts if a.over_size]
+    if too_big and not any(a.status == "failed" for a in attempts):
+        reasons = "; ".join(f"{a.recipe_id}: {a.detail}" for a in too_big)
+        raise DoesNotFitError(f"does not fit the device: {reasons}")
     if not any(a.status == "failed" for a in attempts):
         errors = "; ".join(f"{a.recipe_id}: {a.detail}" for a in attempts)
         raise UnsupportedError(f"every candidate failed to convert: {errors}")

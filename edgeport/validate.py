@@ -135,6 +135,9 @@ class Evaluation:
     reference_generations: tuple[tuple[int, ...], ...] = ()
     # Language models: the text of each scored window (for golden data and reports).
     texts: tuple[str, ...] = ()
+    # Encoder-decoders: what each input really says (a transcript, a translation) where
+    # the samples know it, else "": reported beside the gates, never gated.
+    truths: tuple[str, ...] = ()
 
 
 def _threshold(tolerance: Tolerance, field: str) -> tuple[float, bool]:
@@ -283,7 +286,7 @@ def embedding_cosine_metrics(worst: float, mean: float, tolerance: Tolerance) ->
             )
         )
     else:
-        results.append(_ungated("embedding_cosine_mean", mean, True))
+        results.append(ungated_metric("embedding_cosine_mean", mean, True))
     return results
 
 
@@ -322,10 +325,23 @@ def token_nll(logits: np.ndarray, input_ids: np.ndarray, mask: np.ndarray) -> np
     return np.asarray(-picked[valid])
 
 
-def _ungated(name: str, value: float, higher: bool) -> tuple[MetricResult, str | None]:
+def token_kl(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """KL(reference || candidate) of the next-token distribution at every position (nats),
+    as llama.cpp's `llama-perplexity --kl-divergence` reports it."""
+    reference = np.asarray(reference)
+    candidate = np.asarray(candidate)
+    vocab = min(reference.shape[-1], candidate.shape[-1])
+    log_p = log_softmax(reference[..., :vocab]).reshape(-1, vocab)
+    log_q = log_softmax(candidate[..., :vocab]).reshape(-1, vocab)
+    return np.asarray(np.maximum((np.exp(log_p) * (log_p - log_q)).sum(axis=-1), 0.0))
+
+
+def ungated_metric(name: str, value: float, higher: bool) -> tuple[MetricResult, str | None]:
+    """A metric reported beside the gates, deciding nothing."""
     return MetricResult(
         name=name, value=float(value), threshold=None, higher_is_better=higher, passed=None
     ), None
+
 
 
 def decoder_metrics(
@@ -335,11 +351,13 @@ def decoder_metrics(
     tolerance: Tolerance,
     generations: Sequence[Sequence[int]] = (),
 ) -> MetricList:
-    """Next-token agreement at every position, perplexity of both, greedy generation match."""
+    """Next-token agreement at every position, perplexity of both, KL divergence of the
+    next-token distributions (reported, not gated), greedy generation match."""
     name = evaluation.output_names[0]
     agree = total = 0
     nll_reference: list[np.ndarray] = []
     nll_candidate: list[np.ndarray] = []
+    divergences: list[np.ndarray] = []
     for feeds, ref, cand in zip(evaluation.batches, evaluation.reference, candidate, strict=True):
         ids = np.asarray(feeds["input_ids"])
         mask = np.asarray(feeds.get("attention_mask", np.ones_like(ids)))
@@ -349,6 +367,10 @@ def decoder_metrics(
         total += int(expected.size)
         nll_reference.append(token_nll(ref[name], ids, mask))
         nll_candidate.append(token_nll(np.asarray(cand[name]), ids, mask))
+        divergences.append(
+            token_kl(_valid_positions(feeds, ref[name]), _valid_positions(feeds, cand[name]))
+        )
+    kl = np.concatenate(divergences) if divergences else np.zeros(1)
     ppl_reference = float(np.exp(np.concatenate(nll_reference).mean()))
     ppl_candidate = float(np.exp(np.concatenate(nll_candidate).mean()))
     results = [
@@ -366,8 +388,10 @@ def decoder_metrics(
             "perplexity_increase_max",
             False,
         ),
-        _ungated("perplexity_reference", ppl_reference, False),
-        _ungated("perplexity", ppl_candidate, False),
+        ungated_metric("perplexity_reference", ppl_reference, False),
+        ungated_metric("perplexity", ppl_candidate, False),
+        ungated_metric("kl_divergence_mean", float(kl.mean()), False),
+        ungated_metric("kl_divergence_p99", float(np.percentile(kl, 99)), False),
     ]
     if evaluation.reference_generations and generations:
         matched = positions = 0
@@ -380,7 +404,7 @@ def decoder_metrics(
             )
         match = matched / max(positions, 1)
         if tolerance.generation_match_min is None:
-            results.append(_ungated("generation_match", match, True))
+            results.append(ungated_metric("generation_match", match, True))
         else:
             results.append(
                 gated_metric("generation_match", match, tolerance, "generation_match_min", True)

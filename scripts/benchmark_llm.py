@@ -2,19 +2,38 @@
 """Side-by-side benchmark of a small language model: optimum-cli's defaults vs edgeport's choice.
 
     python scripts/benchmark_llm.py [MODEL] [--profile raspberry-pi-5 --profile intel-n100]
+                                    [--gguf-recipe all --gguf-recipe gguf-q4_k_m]
+                                    [--gguf-profile raspberry-pi-5] [--skip-llama-cpp]
                                     [--threads N] [--workdir DIR] [--json]
 
 For the same model, the same prompt and the same validation texts, it builds
 
 - `optimum-cli export onnx --task text-generation-with-past` (fp32; the baseline),
 - `optimum-cli export openvino --weight-format int4` (optimum-intel's int4 defaults),
-- `edgeport convert MODEL --profile P` for each profile (the bundle edgeport ships),
+- `edgeport convert MODEL --profile P --recipe ...` for each profile, restricted to the
+  recipes of other targets than llama.cpp (ONNX Runtime, OpenVINO: the bundles edgeport
+  shipped for these profiles before its llama.cpp target; with it, the search may ship a
+  GGUF, which the rows below show),
+- llama.cpp's default conversion as a user does it: an f16 GGUF, then llama.cpp's
+  quantiser (`llama_model_quantize`) to Q4_K_M with no importance matrix and no other
+  setting (plain llama.cpp). llama.cpp's `convert_hf_to_gguf.py` is a script of its source
+  tree, not an installable package, so edgeport's own writer (`gguf_writer.write_gguf` at
+  f16) stands in for it; both rows say so,
+- edgeport's GGUF choices: `edgeport convert MODEL --profile raspberry-pi-5 --recipe R`, one
+  row per `--gguf-recipe` (repeatable; default `all`, the search among every llama.cpp
+  recipe, i.e. the GGUF the search ships, and `gguf-q4_k_m`, the same file type as the plain
+  row with edgeport's settings),
 
 and measures each on this host with edgeport's own tools: greedy decoding speed with the
 KV cache (tokens/s), time to first token and peak memory (bench.py, one child process per
 model), size of the model files, and the validation metrics against PyTorch (next-token
-agreement, perplexity increase, generation match; families/text_generation.py). Every
+agreement, perplexity increase, KL divergence mean and p99, generation match;
+families/text_generation.py). The GGUF rows go through the same code: bench.py's child
+process and validation both load edgeport's `LlamaCppDecoderSession` (llama-cpp-python,
+greedy, logits at every position), on the same prompt, token counts and texts. Every
 number is also printed as a ratio against the fp32 baseline. Not a test: it takes minutes.
+Without llama-cpp-python (module llama_cpp) the llama.cpp rows are skipped with a message;
+`--skip-llama-cpp` skips them on purpose.
 
 With `--bundle RECIPE@PROFILE` (repeatable) it instead converts the model once per pair with
 `edgeport convert --recipe RECIPE --accept-degraded` and times each bundle's own `run.py`
@@ -41,6 +60,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,16 +119,19 @@ def optimum_openvino_int4(model: Path, out: Path) -> Contender:
     return Contender("optimum-cli openvino int4", "openvino", out, "openvino_model.xml", files)
 
 
-def edgeport_bundle(model: Path, profile: str, out: Path) -> Contender:
+def edgeport_bundle(
+    model: Path, profile: str, out: Path, recipes: Sequence[str] = (), what: str = ""
+) -> Contender:
+    only = [arg for recipe in recipes for arg in ("--recipe", recipe)]
     _run([sys.executable, "-m", "edgeport", "convert", str(model), "--profile", profile,
-          "--out", str(out), "--force"])  # fmt: skip
+          *only, "--out", str(out), "--force"])  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     runtime = manifest["runtime"]
     model_file = runtime["model_file"]
     stem = model_file.rsplit(".", 1)[0]
     files = [f["path"] for f in manifest["files"] if f["path"].startswith(stem)]
     return Contender(
-        f"edgeport {profile}: {manifest['recipe']['id']}",
+        f"edgeport {profile}{what}: {manifest['recipe']['id']}",
         runtime["target"],
         out,
         model_file,
@@ -116,35 +139,148 @@ def edgeport_bundle(model: Path, profile: str, out: Path) -> Contender:
     )
 
 
-def measure(contender: Contender, prepared: Any, info: Any, threads: int) -> dict[str, Any]:
-    from edgeport.backends import Artifact, get_backend
-    from edgeport.bench import measure as bench
+def recipe_ids(llama_cpp: bool) -> list[str]:
+    """The catalogue's recipes for llama.cpp (GGUF), or for every other target."""
+    from edgeport.catalog import load_catalog
+
+    recipes = load_catalog().recipes.values()
+    return sorted(r.id for r in recipes if (r.target == "llama.cpp") == llama_cpp)
+
+
+def llama_cpp_missing() -> str:
+    """Why the llama.cpp rows cannot be measured here ('' when they can)."""
+    try:
+        import gguf  # noqa: F401  (edgeport's GGUF writer)
+        import llama_cpp  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name or exc} is not importable (pip install llama-cpp-python gguf)"
+    return ""
+
+
+def llama_cpp_plain(model: Path, out: Path, threads: int) -> list[Contender]:
+    """llama.cpp's default path: f16 GGUF, then `llama_model_quantize` to Q4_K_M with its
+    default parameters (no importance matrix, no per-tensor types, no embedding type).
+    edgeport's writer stands in for convert_hf_to_gguf.py, which is not installable."""
+    import ctypes
+
+    import llama_cpp
+
+    from edgeport.backends.gguf_writer import write_gguf
+
+    f16_dir, q4_dir = out / "f16", out / "q4_k_m"
+    f16_dir.mkdir(parents=True, exist_ok=True)
+    q4_dir.mkdir(parents=True, exist_ok=True)
+    f16 = f16_dir / "model.gguf"
+    print(
+        f"$ write_gguf({model}, {f16}, 'f16')  # stand-in for convert_hf_to_gguf.py",
+        file=sys.stderr,
+    )
+    write_gguf(model, f16, "f16")
+    q4 = q4_dir / "model.gguf"
+    print(
+        f"$ llama_model_quantize({f16}, {q4}, Q4_K_M)  # = llama-quantize F16 Q4_K_M",
+        file=sys.stderr,
+    )
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = max(1, threads)
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    status = llama_cpp.llama_model_quantize(
+        str(f16).encode(), str(q4).encode(), ctypes.byref(params)
+    )
+    if status != 0 or not q4.is_file():
+        raise SystemExit(f"llama_model_quantize failed ({status})")
+    # *: the f16 GGUF is edgeport's writer's, standing in for convert_hf_to_gguf.py.
+    return [
+        Contender("llama.cpp f16 GGUF*", "llama.cpp", f16_dir, f16.name, [f16.name]),
+        Contender(
+            "llama.cpp Q4_K_M plain (llama-quantize f16*)",
+            "llama.cpp",
+            q4_dir,
+            q4.name,
+            [q4.name],
+        ),
+    ]
+
+
+def _artifact(contender: Contender) -> tuple[Any, Any, str]:
+    from edgeport.backends import Artifact
     from edgeport.catalog import load_targets
+
+    artifact = Artifact(contender.directory, contender.model_file, tuple(contender.files), (), ())
+    device = {"openvino": "CPU", "llama.cpp": "CPU"}.get(contender.target, "CPUExecutionProvider")
+    return artifact, load_targets()[contender.target], device
+
+
+def time_rounds(
+    contenders: list[Contender], prepared: Any, threads: int, rounds: int
+) -> list[list[Any]]:
+    """bench.py (a child process each: warm-up, then the median of its runs) for every
+    contender once per round, interleaved, so a load that comes and goes on the host
+    touches every row alike."""
+    from edgeport.bench import measure as bench
+
+    runs: list[list[Any]] = [[] for _ in contenders]
+    for index in range(rounds):
+        print(f"timing round {index + 1}/{rounds}", file=sys.stderr)
+        for contender, done in zip(contenders, runs, strict=True):
+            artifact, target, device = _artifact(contender)
+            done.append(
+                bench(
+                    artifact,
+                    target,
+                    device,
+                    threads,
+                    prepared.bench.feeds,
+                    new_tokens=prepared.bench.new_tokens,
+                )
+            )
+    return runs
+
+
+def measure(
+    contender: Contender,
+    prepared: Any,
+    info: Any,
+    threads: int,
+    timed: list[Any],
+    base: list[Any],
+) -> dict[str, Any]:
+    from edgeport.backends import get_backend
     from edgeport.families.text_generation import TextGeneration as DecoderWorkload
     from edgeport.schemas import Tolerance
 
-    artifact = Artifact(contender.directory, contender.model_file, tuple(contender.files), (), ())
-    device = "CPU" if contender.target == "openvino" else "CPUExecutionProvider"
-    target = load_targets()[contender.target]
-    measured = bench(
-        artifact,
-        target,
-        device,
-        threads,
-        prepared.bench.feeds,
-        new_tokens=prepared.bench.new_tokens,
-    )
+    artifact, target, device = _artifact(contender)
     session = get_backend(target).load(artifact, device, threads)
     report = DecoderWorkload().validate(info, session, prepared.evaluation, Tolerance())
     metrics = {m.name: m.value for m in report.metrics}
+    prompt_tokens = int(prepared.bench.feeds["input_ids"].shape[-1])
+    ttft = statistics.median(m.time_to_first_token_ms for m in timed)
+    # Paired: each round's number over the baseline's in the same round.
+    decode = [m.tokens_per_s / b.tokens_per_s for m, b in zip(timed, base, strict=True)]
+    prompt = [
+        b.time_to_first_token_ms / m.time_to_first_token_ms
+        for m, b in zip(timed, base, strict=True)
+    ]
     return {
         "label": contender.label,
+        "target": contender.target,
         "bytes": artifact.size_bytes,
-        "tokens_per_s": measured.tokens_per_s,
-        "time_to_first_token_ms": measured.time_to_first_token_ms,
-        "peak_memory_mb": measured.peak_memory_mb,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": prepared.bench.new_tokens,
+        "rounds": len(timed),
+        "tokens_per_s": statistics.median(m.tokens_per_s for m in timed),
+        "tokens_per_s_runs": [round(m.tokens_per_s, 1) for m in timed],
+        "speedup_paired": statistics.median(decode),
+        # The prompt and the first new token, as the time to first token measures them.
+        "prompt_tokens_per_s": prompt_tokens / (ttft / 1000) if ttft else None,
+        "prompt_speedup_paired": statistics.median(prompt),
+        "time_to_first_token_ms": ttft,
+        "peak_memory_mb": statistics.median(m.peak_memory_mb for m in timed),
         "next_token_agreement": metrics.get("next_token_agreement"),
         "perplexity_increase": metrics.get("perplexity_increase"),
+        "kl_divergence_mean": metrics.get("kl_divergence_mean"),
+        "kl_divergence_p99": metrics.get("kl_divergence_p99"),
         "generation_match": metrics.get("generation_match"),
     }
 
@@ -157,22 +293,51 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             return "-"
         return f"{row[key] / base[key]:.2f}x"
 
+    def number(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    width = max(42, *(len(row["label"]) for row in rows))
     header = (
-        f"{'model':42} {'MB':>6} {'size':>6} {'tok/s':>7} {'speed':>6} {'TTFT ms':>8} "
-        f"{'TTFT':>6} {'mem MB':>7} {'mem':>6} {'agree':>6} {'ppl Δ':>7} {'gen':>5}"
+        f"{'model':{width}} {'MB':>6} {'size':>6} {'tok/s':>7} {'speed':>6} {'prompt/s':>8} "
+        f"{'prompt':>6} {'TTFT ms':>8} {'TTFT':>6} {'mem MB':>7} {'mem':>6} {'agree':>6} "
+        f"{'ppl Δ':>7} {'KL mean':>8} {'KL p99':>7} {'gen':>5}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
+        ppl = row["perplexity_increase"]
         print(
-            f"{row['label'][:42]:42} {row['bytes'] / 1e6:6.2f} {ratio(row, 'bytes'):>6} "
-            f"{row['tokens_per_s']:7.1f} {ratio(row, 'tokens_per_s'):>6} "
+            f"{row['label']:{width}} {row['bytes'] / 1e6:6.2f} {ratio(row, 'bytes'):>6} "
+            f"{row['tokens_per_s']:7.1f} {row['speedup_paired']:5.2f}x "
+            f"{number(row['prompt_tokens_per_s'], '.1f'):>8} "
+            f"{row['prompt_speedup_paired']:5.2f}x "
             f"{row['time_to_first_token_ms']:8.1f} {ratio(row, 'time_to_first_token_ms'):>6} "
             f"{row['peak_memory_mb']:7.1f} {ratio(row, 'peak_memory_mb'):>6} "
-            f"{row['next_token_agreement']:6.3f} {row['perplexity_increase'] * 100:+6.2f}% "
-            f"{row['generation_match']:5.2f}"
+            f"{number(row['next_token_agreement'], '.3f'):>6} "
+            f"{'-' if ppl is None else f'{ppl * 100:+6.2f}%':>7} "
+            f"{number(row['kl_divergence_mean'], '.4f'):>8} "
+            f"{number(row['kl_divergence_p99'], '.3f'):>7} "
+            f"{number(row['generation_match'], '.2f'):>5}"
         )
-    print("(ratios against the first row, optimum-cli's fp32 ONNX export; speed > 1x is faster)")
+    print(
+        "(ratios against the first row, optimum-cli's fp32 ONNX export; speed and prompt > 1x "
+        f"are faster; every row: the same {base['prompt_tokens']}-token prompt, "
+        f"{base['new_tokens']} greedy new tokens; {base['rounds']} interleaved rounds of "
+        "bench.py (a child process each, warm-up then the median of its runs), medians over "
+        "the rounds; speed, prompt: median of the per-round ratios to the first row; "
+        "prompt/s: prompt tokens over the time to first token; mem: the "
+        "child's peak RSS above its own start; agree, ppl Δ, KL (nats, "
+        "KL(PyTorch || model) per position), gen: edgeport's validation against PyTorch on "
+        "the same texts)"
+    )
+    if any(row.get("target") == "llama.cpp" for row in rows):
+        print(
+            "(llama.cpp rows: llama-cpp-python through edgeport's LlamaCppDecoderSession, CPU, "
+            "logits at every position as the converter validates; 'plain' is llama.cpp's "
+            "default llama_model_quantize Q4_K_M of the f16 GGUF, no importance matrix, no "
+            "other setting; *: that f16 GGUF is written by edgeport's gguf_writer.write_gguf "
+            "as a stand-in for llama.cpp's convert_hf_to_gguf.py, which is not installable)"
+        )
 
 
 # ----------------------------------------------------------------- host
@@ -383,6 +548,22 @@ def main() -> int:
     )
     parser.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--profile", action="append", default=None)
+    parser.add_argument(
+        "--gguf-recipe",
+        action="append",
+        default=None,
+        metavar="RECIPE",
+        help="one edgeport GGUF row with this recipe ('all': the search among every GGUF "
+        "recipe); default: all and gguf-q4_k_m",
+    )
+    parser.add_argument(
+        "--gguf-profile",
+        default="raspberry-pi-5",
+        help="profile of edgeport's GGUF row (default raspberry-pi-5)",
+    )
+    parser.add_argument(
+        "--skip-llama-cpp", action="store_true", help="leave out the llama.cpp (GGUF) rows"
+    )
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
@@ -401,6 +582,12 @@ def main() -> int:
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--speed-rounds",
+        type=int,
+        default=3,
+        help="interleaved timing rounds of every model (the default, optimum-cli mode)",
+    )
     args = parser.parse_args()
     if args.bundle or args.smollm2_shape:
         return bundles_main(args)
@@ -423,8 +610,30 @@ def main() -> int:
         contenders = [
             optimum_onnx(args.model, work / "optimum-onnx-fp32"),
             optimum_openvino_int4(args.model, work / "optimum-openvino-int4"),
-            *[edgeport_bundle(args.model, p, work / f"edgeport-{p}") for p in profiles],
+            *[
+                edgeport_bundle(
+                    args.model, p, work / f"edgeport-{p}", recipe_ids(False), " (no GGUF)"
+                )
+                for p in profiles
+            ],
         ]
+        missing = "as --skip-llama-cpp asks" if args.skip_llama_cpp else llama_cpp_missing()
+        if missing:
+            print(f"llama.cpp rows skipped: {missing}")
+        else:
+            contenders += llama_cpp_plain(args.model, work / "llama.cpp-plain", args.threads)
+            for choice in args.gguf_recipe or ["all", "gguf-q4_k_m"]:
+                recipes = recipe_ids(True) if choice == "all" else [choice]
+                what = " (GGUF search)" if choice == "all" else " (GGUF)"
+                contenders.append(
+                    edgeport_bundle(
+                        args.model,
+                        args.gguf_profile,
+                        work / f"edgeport-{args.gguf_profile}-{choice}",
+                        recipes,
+                        what,
+                    )
+                )
         exported = type("Exported", (), {"input_names": (), "output_names": ("logits",)})()
         reference = ReferenceModel(info, trust_remote_code=False)
         prepared = DecoderWorkload().prepare(
@@ -435,7 +644,11 @@ def main() -> int:
             reference,
         )
         del reference
-        rows = [measure(c, prepared, info, args.threads) for c in contenders]
+        timed = time_rounds(contenders, prepared, args.threads, args.speed_rounds)
+        rows = [
+            measure(c, prepared, info, args.threads, t, timed[0])
+            for c, t in zip(contenders, timed, strict=True)
+        ]
     print_table(rows)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -18,6 +18,8 @@ SYSTEM_PACKAGES=(
   "ssh:openssh-client"   # edgeport verify --on ssh://... (device runs)
   "sshd:openssh-server"  # the tests' loopback SSH "device"
   "espeak-ng:espeak-ng"  # synthesised speech for speech models' calibration and validation
+  "cmake:cmake"          # pip builds llama-cpp-python (the llama.cpp target) from source,
+  "g++:g++"              # with cmake and a C++ compiler
 )
 
 say() { printf '\n==> %s\n' "$*" >&2; }
@@ -47,7 +49,7 @@ fi
 
 say "Python environment: $VENV"
 "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,openvino,vision]"
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,openvino,vision,gguf]"
 "$VENV/bin/edgeport" --version
 
 say "Built-in example: the real sentence-transformers/all-MiniLM-L6-v2"

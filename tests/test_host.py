@@ -82,7 +82,7 @@ def test_openvino_device_instances_collapse_to_their_kind(
     monkeypatch.setattr(
         OnnxRuntimeBackend, "host_devices", staticmethod(lambda: ["CPUExecutionProvider"])
     )
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(host, "_distribution_installed", lambda name: True)
     runtimes = {r.target: r.devices for r in host.installed_runtimes(TARGETS)}
     assert runtimes["openvino"] == ["CPU", "GPU", "NPU"]
 
@@ -102,5 +102,9 @@ def test_probed_host_profile_describes_this_machine() -> None:
     assert profile.cpu.cores >= 1 and profile.memory_mb > 0
     onnxruntime = profile.runtime("onnxruntime")
     assert onnxruntime is not None and onnxruntime.devices[0] == "CPUExecutionProvider"
+    # A runtime whose module is not named as its distribution is found too.
+    if importlib.util.find_spec("llama_cpp") is not None:
+        llama_cpp = profile.runtime("llama.cpp")
+        assert llama_cpp is not None and llama_cpp.devices[0] == "CPU"
     if profile.cpu.arch == "arm64":
         assert "neon" in profile.cpu.features

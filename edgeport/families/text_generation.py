@@ -148,9 +148,15 @@ class TextGeneration(TokenizedText):
         return compare(model, evaluation, outputs, tolerance, decoder_metrics, generations)
 
     def runner_template(self, runner: str) -> str | None:
-        return {"onnxruntime": "onnxruntime_decoder.py", "openvino": "openvino_decoder.py"}.get(
-            runner
-        )
+        return {
+            "onnxruntime": "onnxruntime_decoder.py",
+            "openvino": "openvino_decoder.py",
+            "llama.cpp": "llama_cpp_decoder.py",
+        }.get(runner)
+
+    def device_packages(self, runner: str) -> list[str]:
+        # llama.cpp tokenises with the vocabulary inside the GGUF file.
+        return [] if runner == "llama.cpp" else super().device_packages(runner)
 
     def write_golden(
         self,

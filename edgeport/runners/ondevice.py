@@ -7,7 +7,7 @@ metrics, sha256 and manifest checks, the runtime settings each target is validat
 and loading a bundle's model. A formula written here is the one formula: the host's
 validation and the device's verify.py cannot drift apart.
 
-Runtimes (onnxruntime, openvino) and Pillow are imported inside the functions that need
+Runtimes (onnxruntime, openvino, llama_cpp) and Pillow are imported inside the functions that need
 them: a bundle needs only its own runtime.
 """
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Real
 from pathlib import Path, PurePosixPath
@@ -445,6 +447,123 @@ def _openvino(
     return (run_decoder if "beam_idx" in input_names else run), info
 
 
+LLAMA_CPP_CONTEXT = 512  # tokens: a validation window (128) or a prompt and its continuation
+
+
+def llama_cpp_model(
+    path: Path, threads: int, n_ctx: int = LLAMA_CPP_CONTEXT, *, all_logits: bool = True
+) -> Any:
+    """A `llama_cpp.Llama` on a GGUF file as edgeport validates it: CPU, `threads` threads
+    (0: llama.cpp's choice), the log silenced; `all_logits` keeps the logits of every
+    position in `.scores` (to score a whole window), else read the last with
+    `llama_cpp_last_logits`."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        raise BundleError(
+            "llama-cpp-python is not installed: pip install -r requirements.txt", EXIT_NO_RUNTIME
+        ) from exc
+    kwargs: dict[str, Any] = {"n_threads": threads, "n_threads_batch": threads} if threads else {}
+    return Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=min(n_ctx, LLAMA_CPP_CONTEXT),
+        n_ubatch=min(n_ctx, LLAMA_CPP_CONTEXT),
+        logits_all=all_logits,
+        n_gpu_layers=0,
+        verbose=False,
+        **kwargs,
+    )
+
+
+def llama_cpp_last_logits(model: Any) -> Array:
+    """The logits after the last token `model.eval` saw (a view into llama.cpp's buffer)."""
+    import llama_cpp
+
+    pointer = llama_cpp.llama_get_logits_ith(model.ctx, -1)
+    return np.ctypeslib.as_array(pointer, shape=(int(model.n_vocab()),))
+
+
+def _llama_cpp(
+    bundle: Path, spec: Mapping[str, Any], threads: int | None
+) -> tuple[RunFn, dict[str, Any]]:
+    """A GGUF language model through llama-cpp-python: each window is scored from an empty
+    KV cache with the token ids given (no BOS added) and its next tokens returned."""
+    import llama_cpp  # llama_cpp_model has reported a missing install
+
+    path = bundle / spec["model_file"]
+    model = llama_cpp_model(path, spec_threads(spec, threads))
+
+    def run_decoder(feeds: Mapping[str, Array]) -> Outputs:
+        ids = np.asarray(feeds["input_ids"], dtype=np.int64)
+        mask = feeds.get("attention_mask")
+        rows = []
+        for row, values in enumerate(ids):
+            length = int(np.asarray(mask)[row].sum()) if mask is not None else len(values)
+            if length > model.n_ctx():
+                raise BundleError(f"a golden window of {length} tokens exceeds the context")
+            model.reset()  # eval clears the KV cache from n_tokens (0) on
+            model.eval([int(t) for t in values[:length]])
+            tokens = np.zeros(len(values), dtype=np.int64)
+            tokens[:length] = np.asarray(model.scores[:length]).argmax(axis=-1)
+            rows.append(tokens)
+        return {NEXT_TOKEN: np.stack(rows)}
+
+    version = str(getattr(llama_cpp, "__version__", "unknown"))
+    return run_decoder, {"target": "llama.cpp", "version": version, "providers": ["CPU"]}
+
+
+def stream_generation(
+    tokens: Iterable[int],
+    decode: Callable[[list[int]], str],
+    prompt_tokens: int,
+    *,
+    as_json: bool,
+    device: str = "",
+) -> dict[str, Any]:
+    """What every language model's run.py prints: the continuation streamed on stdout as
+    `tokens` come (text held back while it ends in half a character), then time to first
+    token and tokens per second on stderr; with `as_json`, one JSON object on stdout
+    instead. Returns that object."""
+    start = time.perf_counter()
+    first_token_s: float | None = None
+    generated: list[int] = []
+    shown = ""
+    for token in tokens:
+        if first_token_s is None:
+            first_token_s = time.perf_counter() - start
+        generated.append(token)
+        if not as_json:
+            text = decode(generated)
+            if text.startswith(shown) and not text.endswith("\ufffd"):
+                sys.stdout.write(text[len(shown) :])
+                sys.stdout.flush()
+                shown = text
+    decode_s = time.perf_counter() - start - (first_token_s or 0.0)
+    text = decode(generated)
+    result: dict[str, Any] = {
+        "text": text,
+        "tokens": generated,
+        **({"device": device} if device else {}),
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": len(generated),
+        "time_to_first_token_ms": round((first_token_s or 0.0) * 1000, 2),
+        "tokens_per_s": round((len(generated) - 1) / decode_s, 2) if len(generated) > 1 else None,
+    }
+    if as_json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write((text[len(shown) :] if text.startswith(shown) else "") + "\n")
+        on = f" on {device}" if device else ""
+        print(
+            f"[{len(generated)} tokens{on}; time to first token "
+            f"{result['time_to_first_token_ms']:.1f} ms; {result['tokens_per_s']} tokens/s]",
+            file=sys.stderr,
+        )
+    return result
+
+
 def decoder_feeds(input_names: list[str], ids: Array, mask: Array | None) -> dict[str, Array]:
     """A full window with an empty cache: mask, positions and beam index filled in."""
     mask = np.ones_like(ids) if mask is None else np.asarray(mask, dtype=np.int64)
@@ -466,6 +585,7 @@ RUNTIMES: dict[
 ] = {
     "onnxruntime": _onnxruntime,
     "openvino": _openvino,
+    "llama.cpp": _llama_cpp,
 }
 
 

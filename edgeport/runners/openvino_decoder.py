@@ -16,9 +16,7 @@ settings come from manifest.json beside this file.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -119,39 +117,13 @@ def main() -> int:
     prompt_ids = encode(prompt)
     stop = set(spec.get("eos_token_ids") or [])
 
-    start = time.perf_counter()
-    first_token_s = None
-    tokens: list[int] = []
-    shown = ""
-    for token in decoder.generate(prompt_ids, args.max_new_tokens, stop):
-        if first_token_s is None:
-            first_token_s = time.perf_counter() - start
-        tokens.append(token)
-        if not args.json:
-            text = decode(tokens)
-            if text.startswith(shown):
-                sys.stdout.write(text[len(shown) :])
-                sys.stdout.flush()
-                shown = text
-    elapsed = time.perf_counter() - start
-    decode_s = elapsed - (first_token_s or 0.0)
-    stats = {
-        "device": decoder.device,
-        "prompt_tokens": len(prompt_ids),
-        "new_tokens": len(tokens),
-        "time_to_first_token_ms": round((first_token_s or 0.0) * 1000, 2),
-        "tokens_per_s": round((len(tokens) - 1) / decode_s, 2) if len(tokens) > 1 else None,
-    }
-    if args.json:
-        json.dump({"text": decode(tokens), "tokens": tokens, **stats}, sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write("\n")
-        print(
-            f"[{stats['new_tokens']} tokens on {stats['device']}; time to first token "
-            f"{stats['time_to_first_token_ms']:.1f} ms; {stats['tokens_per_s']} tokens/s]",
-            file=sys.stderr,
-        )
+    ondevice.stream_generation(
+        decoder.generate(prompt_ids, args.max_new_tokens, stop),
+        decode,
+        len(prompt_ids),
+        as_json=args.json,
+        device=decoder.device,
+    )
     return 0
 
 
