@@ -40,9 +40,10 @@ MIB = 1024 * 1024
 DECODE_BANDWIDTH_EFFICIENCY = 0.5
 
 
-def estimate_activation_mb(model: ModelInfo, profile: DeviceProfile) -> float:
-    """Peak activation memory of one inference at the profile's typical input size."""
-    return family_of(model).estimate_activation_mb(model, profile)
+def estimate_activation_mb(model: ModelInfo, profile: DeviceProfile, target: Target) -> float:
+    """Peak activation memory of one inference at the profile's typical input size, on
+    the target (its KV cache's element size)."""
+    return family_of(model).estimate_activation_mb(model, profile, target.kv_cache_bytes)
 
 
 def for_device(recipe: Recipe, profile: DeviceProfile) -> Recipe:
@@ -105,13 +106,13 @@ def estimate_memory_mb(
 ) -> float:
     fp32_weights_mb = model.parameter_count * 4 / MIB
     weights = fp32_weights_mb * recipe.expect.size_factor
-    return weights + estimate_activation_mb(model, profile) + target.runtime_overhead_mb
+    return weights + estimate_activation_mb(model, profile, target) + target.runtime_overhead_mb
 
 
 def weights_budget_mb(model: ModelInfo, target: Target, profile: DeviceProfile) -> float:
     """What the device's memory leaves the model's weights: its usable memory minus the
     activations (a language model's KV cache at the profile's context) and the runtime."""
-    activations = estimate_activation_mb(model, profile)
+    activations = estimate_activation_mb(model, profile, target)
     return profile.usable_memory_mb - activations - target.runtime_overhead_mb
 
 

@@ -223,6 +223,13 @@ class Target(StrictModel):
     runtime_overhead_mb: PositiveInt = Field(
         description="Resident memory of the runtime itself, before the model."
     )
+    kv_cache_bytes: int = Field(
+        default=4,
+        ge=1,
+        le=8,
+        description="Bytes per element of the KV cache the runtime keeps by default (fp32: "
+        "4; llama.cpp's f16 cache: 2): the planner's memory estimate for language models.",
+    )
     backend: str = Field(
         pattern=BACKEND_PATTERN,
         max_length=200,

@@ -343,7 +343,6 @@ def ungated_metric(name: str, value: float, higher: bool) -> tuple[MetricResult,
     ), None
 
 
-
 def decoder_metrics(
     model: ModelInfo,
     evaluation: Evaluation,

@@ -203,3 +203,39 @@ def test_every_profile_states_its_memory_bandwidth() -> None:
     for profile in CATALOG.profiles.values():
         assert profile.memory_bandwidth_gbs, profile.id
         assert "memory bandwidth" in (profile.source or ""), profile.id
+
+
+def test_the_kv_cache_is_counted_at_the_targets_element_size() -> None:
+    """llama.cpp keeps its KV cache in f16, ONNX Runtime in fp32: at the same weight size
+    the GGUF candidate needs half the cache (a 0.5B-parameter model, 2048 tokens)."""
+    from edgeport.families.text_generation import FAMILY
+
+    lm = MINILM_INFO.model_copy(
+        update={
+            "task": "text-generation-with-past",
+            "family": "decoder",
+            "model_type": "qwen2",
+            "parameter_count": 500_000_000,
+            "dims": ModelDims(
+                hidden_size=896,
+                num_layers=24,
+                num_attention_heads=14,
+                num_key_value_heads=2,
+                head_dim=64,
+                vocab_size=151_936,
+                max_positions=32_768,
+            ),
+        }
+    )
+    profile = CATALOG.profile("raspberry-pi-5")
+    result = _plan("raspberry-pi-5", lm)
+    memory = {c.recipe.id: c.estimated_memory_mb for c in result.candidates}
+    fp32_cache = FAMILY.estimate_activation_mb(lm, profile, 4)
+    f16_cache = FAMILY.estimate_activation_mb(lm, profile, 2)
+    assert fp32_cache - f16_cache > 10  # 24 layers x 2 heads x 64 x 2048 x 2 bytes x 2
+    overheads = CATALOG.targets["onnxruntime"].runtime_overhead_mb - (
+        CATALOG.targets["llama.cpp"].runtime_overhead_mb
+    )
+    # gguf-q8_0 and onnx-int8-weight expect the same weight size (0.27 of fp32).
+    difference = memory["onnx-int8-weight"] - memory["gguf-q8_0"]
+    assert abs(difference - (fp32_cache - f16_cache + overheads)) < 1e-6

@@ -84,7 +84,11 @@ class Family(Protocol):
     def inspect(self, folder: Path, config: dict[str, Any], task: str) -> dict[str, Any]:
         """Family-specific ModelInfo fields read from the model folder (no weights)."""
 
-    def estimate_activation_mb(self, model: ModelInfo, profile: DeviceProfile) -> float: ...
+    def estimate_activation_mb(
+        self, model: ModelInfo, profile: DeviceProfile, kv_cache_bytes: int = 4
+    ) -> float:
+        """Peak activation memory of one inference at the profile's typical input size,
+        a KV cache counted at `kv_cache_bytes` per element (the target's)."""
 
     def prepare_processor(
         self, model: ModelInfo, workdir: Path, *, trust_remote_code: bool

@@ -210,7 +210,9 @@ class ImageText:
             "dims": dims,
         }
 
-    def estimate_activation_mb(self, model: ModelInfo, profile: DeviceProfile) -> float:
+    def estimate_activation_mb(
+        self, model: ModelInfo, profile: DeviceProfile, kv_cache_bytes: int = 4
+    ) -> float:
         """The image tower's tokens with their attention (a vision transformer)."""
         vision = _sub(_config(model.local_path), "vision_config")
         return transformer_activation_mb(

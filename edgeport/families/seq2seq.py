@@ -131,15 +131,17 @@ class EncoderDecoder:
             ),
         }
 
-    def estimate_activation_mb(self, model: ModelInfo, profile: DeviceProfile) -> float:
-        """The decoder's self- and cross-attention caches (fp32) for one input, and the
-        encoder's states."""
+    def estimate_activation_mb(
+        self, model: ModelInfo, profile: DeviceProfile, kv_cache_bytes: int = 4
+    ) -> float:
+        """The decoder's self- and cross-attention caches (kv_cache_bytes per element) for
+        one input, and the encoder's states."""
         dims = model.dims
         hidden = dims.hidden_size or 512
         layers = dims.num_layers or 6
         source = self.source_positions(model)
         target = min(MAX_NEW_TOKENS + 8, dims.max_positions or 448)
-        caches = 2 * layers * hidden * (source + target) * 4
+        caches = 2 * layers * hidden * (source + target) * kv_cache_bytes
         return (caches + source * hidden * 4 * 8 + (dims.vocab_size or 32000) * 4 * 2) / MIB
 
     def source_positions(self, model: ModelInfo) -> int:

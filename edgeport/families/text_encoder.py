@@ -160,7 +160,9 @@ class TextEncoder(TokenizedText):
             fields["max_length"] = max_length
         return fields
 
-    def estimate_activation_mb(self, model: ModelInfo, profile: DeviceProfile) -> float:
+    def estimate_activation_mb(
+        self, model: ModelInfo, profile: DeviceProfile, kv_cache_bytes: int = 4
+    ) -> float:
         """Hidden states and the 4x feed-forward expansion, plus one attention score matrix."""
         dims = model.dims
         hidden = dims.hidden_size or 768

@@ -189,8 +189,11 @@ class TextGeneration(TokenizedText):
     def inspect(self, folder: Path, config: dict[str, Any], task: str) -> dict[str, Any]:
         return {}
 
-    def estimate_activation_mb(self, model: ModelInfo, profile: DeviceProfile) -> float:
-        """The fp32 KV cache at the profile's context, the logits, and a window's states."""
+    def estimate_activation_mb(
+        self, model: ModelInfo, profile: DeviceProfile, kv_cache_bytes: int = 4
+    ) -> float:
+        """The KV cache at the profile's context (kv_cache_bytes per element: the
+        target's), the logits, and a window's states."""
         dims = model.dims
         hidden = dims.hidden_size or 768
         heads = dims.num_attention_heads or 12
@@ -198,7 +201,7 @@ class TextGeneration(TokenizedText):
         kv_heads = dims.num_key_value_heads or heads
         head_dim = dims.head_dim or hidden // heads
         context = min(profile.context_length, dims.max_positions or profile.context_length)
-        kv_cache = 2 * layers * kv_heads * head_dim * context * 4
+        kv_cache = 2 * layers * kv_heads * head_dim * context * kv_cache_bytes
         logits = (dims.vocab_size or 32000) * 4 * 2
         return (kv_cache + logits + context * hidden * 4 * 8) / MIB
 

@@ -180,7 +180,9 @@ class Vision:
         preprocessor_config(folder)  # an unsupported processor stops `plan`, not `convert`
         return {"pooling": "none"}
 
-    def estimate_activation_mb(self, model: ModelInfo, profile: DeviceProfile) -> float:
+    def estimate_activation_mb(
+        self, model: ModelInfo, profile: DeviceProfile, kv_cache_bytes: int = 4
+    ) -> float:
         """A few feature maps of the largest stage, or a ViT's tokens with their attention."""
         size = image_side(model.local_path)
         heads = model.dims.num_attention_heads
