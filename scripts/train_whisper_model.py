@@ -845,6 +845,18 @@ def transcribe(model: Any, tokenizer: Any, input_features: torch.Tensor) -> list
 # --------------------------------------------------------------------------- output
 
 
+def _drop_encoder_positions(path: Path) -> None:
+    """Leave out the encoder's positional table (1500 x 128, never trained: Whisper's fixed
+    sinusoids), which keeps the file under 5 MB. transformers rebuilds the same sinusoids
+    when it loads the model (it says the table was "newly initialized"); _check_reload
+    holds the reloaded model to the trained one."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path)
+    del weights["model.encoder.embed_positions.weight"]
+    save_file(weights, path, metadata={"format": "pt"})
+
+
 def _write(model: Any, extractor: Any, tokenizer: Any, folder: Path) -> None:
     from transformers import WhisperProcessor
 
@@ -854,6 +866,7 @@ def _write(model: Any, extractor: Any, tokenizer: Any, folder: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         model.save_pretrained(staging, safe_serialization=True)
+        _drop_encoder_positions(staging / "model.safetensors")
         WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(staging)
         # mkdtemp makes a private folder (and some files come out private too): the
         # model is meant to be shared, so give it the usual permissions.

@@ -22,6 +22,7 @@ from edgeport.runners import ondevice
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 WHISPER = EXAMPLES / "speech" / "tiny-whisper"
+FP32_PARAMETERS = 1_343_104  # tiny-whisper, the encoder's positional table included
 T5 = EXAMPLES / "text" / "tiny-t5-en-fr"
 T5_SAMPLES = EXAMPLES / "text" / "translation-samples"
 
@@ -113,7 +114,9 @@ def test_tiny_whisper_transcribes_as_pytorch_does(
         for path in out.iterdir()
         if path.suffix in (".onnx", ".data", ".xml", ".bin")
     )
-    assert shipped <= 0.35 * (WHISPER / "model.safetensors").stat().st_size, (parts, shipped)
+    # fp32 is every parameter in 4 bytes (model.safetensors leaves out the encoder's fixed
+    # sinusoidal positions, which transformers rebuilds).
+    assert shipped <= 0.35 * 4 * FP32_PARAMETERS, (parts, shipped)
     assert "real-time factor" in ran.stderr
 
 
