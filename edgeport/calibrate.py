@@ -124,6 +124,9 @@ class _Quiet:
     def info(self, message: str) -> None:
         pass
 
+    def candidate(self, index: int, total: int, name: str) -> None:
+        pass
+
 
 @dataclass(frozen=True)
 class GraphSpec:

@@ -26,6 +26,7 @@ from edgeport.errors import EdgeportError
 if TYPE_CHECKING:
     from edgeport.catalog import Catalog
     from edgeport.pipeline import ConvertRequest
+    from edgeport.progress import ConsoleProgress
     from edgeport.schemas import ConversionResult, Plan
 
 app = typer.Typer(
@@ -81,12 +82,11 @@ ObjectiveOpt = Annotated[
 ]
 
 
-class ConsoleProgress:
-    def stage(self, message: str) -> None:
-        err.print(f"[bold cyan]==>[/] {escape(message)}")
+def console_progress() -> ConsoleProgress:
+    """Progress on stderr (a live candidate line on a terminal, plain lines in logs)."""
+    from edgeport.progress import ConsoleProgress
 
-    def info(self, message: str) -> None:
-        err.print(f"    {escape(message)}", style="dim")
+    return ConsoleProgress(err)
 
 
 def _catalog(
@@ -188,7 +188,8 @@ def convert(
         force=force,
         catalog=_catalog(profiles_dir, recipes_dir, calibrations_dir),
     )
-    result = run_convert(request, ConsoleProgress())
+    with console_progress() as progress:
+        result = run_convert(request, progress)
     _print_result(result, request)
     packed = _archive_bundle(result.bundle) if archive and result.bundle else {}
     if json_output:
@@ -207,6 +208,7 @@ def result_json(result: ConversionResult) -> dict[str, Any]:
         "commit": result.plan.model.commit,
         "profile": result.plan.profile.id,
         "recipe": chosen.recipe_id if chosen else None,
+        "variant": chosen.variant if chosen else None,
         "target": chosen.target_id if chosen else None,
         "metrics": {m.name: m.value for m in chosen.validation.metrics}
         if chosen and chosen.validation
@@ -215,6 +217,7 @@ def result_json(result: ConversionResult) -> dict[str, Any]:
         "attempts": [
             {
                 "recipe": a.recipe_id,
+                "variant": a.variant,
                 "target": a.target_id,
                 "status": a.status,
                 "latency_ratio_vs_fp32": a.latency_ratio,
@@ -378,24 +381,99 @@ def build_command(
         ),
     ] = None,
     calibrations_dir: CalibrationsDirOpt = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N",
+            help="Build only shard I of N (a CI matrix job): pair k, in file order, is shard "
+            "((k-1) mod N)+1. Writes OUT/index.shard-I-of-N.json; --merge joins them.",
+        ),
+    ] = None,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge",
+            help="Convert nothing: join the N shard indexes in OUT into index.json, as a build "
+            "of every pair writes it (exit code as the build's).",
+        ),
+    ] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run the pairs as Ray tasks (extra `ray`), each asking for the CPUs and memory "
+            "its plan estimates; OUT and the model folders must be shared storage. Connects "
+            "as ray.init() does: RAY_ADDRESS, else a cluster started here, else a local one.",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            metavar="ADDRESS",
+            help="With --ray (implied): the cluster, as ray.init(address=...): auto, "
+            "host:port, ray://host:port.",
+        ),
+    ] = None,
+    export_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-cache",
+            help="Folder for the fp32 exports the pairs share (a fresh subfolder, removed when "
+            "the build ends). Default: a temporary folder; with --ray, OUT/.export-cache.",
+        ),
+    ] = None,
 ) -> None:
     """Convert every model x profile pair of BUILD_FILE (for CI); index.json lists the results."""
-    from edgeport.build import build_exit_code, load_build_file, load_devices_file, run_build
+    from edgeport.build import (
+        Shard,
+        build_exit_code,
+        load_build_file,
+        load_devices_file,
+        merge_shards,
+        run_build,
+    )
+    from edgeport.errors import BadInputError
 
+    if merge:
+        others = [
+            name
+            for name, given in (
+                ("--shard", shard is not None),
+                ("--ray", ray or ray_address is not None),
+                ("--devices", devices is not None),
+                ("--export-cache", export_cache is not None),
+                ("--force", force),
+            )
+            if given
+        ]
+        if others:
+            raise BadInputError(f"--merge converts nothing: drop {', '.join(others)}")
+    selected = Shard.parse(shard) if shard is not None else None
     build = load_build_file(build_file)
-    inventory = load_devices_file(devices) if devices is not None else None
     if out is not None:
         build = build.model_copy(update={"out": out})
-    records, index = run_build(
-        build,
-        catalog=_catalog(profiles_dir, recipes_dir, calibrations_dir),
-        progress=ConsoleProgress(),
-        force=force,
-        devices=inventory,
-    )
+    if merge:
+        records, index = merge_shards(build)
+    else:
+        from edgeport.build_ray import RayCluster
+
+        inventory = load_devices_file(devices) if devices is not None else None
+        records, index = run_build(
+            build,
+            catalog=_catalog(profiles_dir, recipes_dir, calibrations_dir),
+            progress=console_progress(),
+            force=force,
+            devices=inventory,
+            shard=selected,
+            export_cache=export_cache,
+            ray=RayCluster(ray_address) if ray or ray_address is not None else None,
+        )
     failed = [r for r in records if r["exit_code"] != 0]
     shipped = len(records) - len(failed)
-    err.print(f"{shipped}/{len(records)} pairs shipped; index: {escape(str(index))}")
+    what = f"shard {selected}: " if selected is not None else ""
+    err.print(f"{what}{shipped}/{len(records)} pairs shipped; index: {escape(str(index))}")
     for record in failed:
         err.print(
             f"[red]failed[/]: {escape(record['model'])} on {escape(record['profile'])}: "
@@ -403,7 +481,10 @@ def build_command(
             soft_wrap=True,
         )
     if json_output:
-        _emit_json({"index": str(index), "pairs": records})
+        payload: dict[str, Any] = {"index": str(index), "pairs": records}
+        if selected is not None:
+            payload["shard"] = str(selected)
+        _emit_json(payload)
     code = build_exit_code(records)
     if code:
         raise typer.Exit(code)
@@ -443,7 +524,12 @@ def plan_command(
         allow_pickle=allow_pickle,
         catalog=catalog,
     )
-    result = make_plan(request, ConsoleProgress())
+    try:
+        result = make_plan(request, console_progress())
+    except EdgeportError as exc:  # refused from the metadata: its numbers are the answer
+        if json_output and exc.details:
+            _emit_json(refused_plan_json(exc))
+        raise
     problem = None if result.candidates else explain_empty_plan(result)
     calibration = catalog.calibration_file(result.profile.id)
     if json_output:
@@ -461,13 +547,37 @@ def plan_command(
         raise problem
 
 
+def _footprint_json(numbers: dict[str, Any]) -> dict[str, Any]:
+    """A footprint's numbers as `plan --json` gives them, on success and on exit 5."""
+    return {key: value for key, value in numbers.items() if key not in {"model", "profile"}}
+
+
+def refused_plan_json(error: EdgeportError) -> dict[str, Any]:
+    """`plan --json` for a model refused before any candidate was considered (nothing
+    fits, by its metadata; or it fits but is unsupported): its numbers and the error."""
+    return {
+        "model": error.details.get("model"),
+        "profile": error.details.get("profile"),
+        **_footprint_json(error.details),
+        "candidates": [],
+        "dropped": [],
+        "error": {
+            "exit_code": error.exit_code,
+            "type": type(error).__name__,
+            "message": one_line(str(error)),
+        },
+    }
+
+
 def plan_json(result: Plan, calibration: Path | None = None) -> dict[str, Any]:
+    numbers = result.footprint.model_dump() if result.footprint is not None else {}
     return {
         "model": result.model.display_name,
         "commit": result.model.commit,
         "task": result.model.task,
         "family": result.model.family,
         "profile": result.profile.id,
+        **_footprint_json(numbers),
         "calibration": str(calibration) if calibration is not None else None,
         "candidates": [
             {
@@ -489,11 +599,21 @@ def plan_json(result: Plan, calibration: Path | None = None) -> dict[str, Any]:
 
 
 def print_plan(result: Plan, calibration: Path | None = None) -> None:
+    from edgeport.model_shape import count_words
+
     model = result.model
-    err.print(
-        f"[bold]{model.display_name}[/] ({model.model_type}, {model.task}, "
-        f"{model.parameter_count / 1e6:.1f} M params) on [bold]{result.profile.id}[/]"
+    active = model.active_parameter_count
+    params = f"{count_words(model.parameter_count)} params" + (
+        f", {count_words(active)} active" if active != model.parameter_count else ""
     )
+    err.print(
+        f"[bold]{model.display_name}[/] ({model.model_type}, {model.task}, {params}) "
+        f"on [bold]{result.profile.id}[/]"
+    )
+    if result.footprint is not None:
+        from edgeport.planner import describe_footprint
+
+        err.print(f"memory: {escape(describe_footprint(result.footprint))}", soft_wrap=True)
     measured = sum(c.speed_source == "measured" for c in result.candidates)
     if calibration is None:
         err.print(
@@ -698,7 +818,7 @@ def profiles_calibrate(
         warmup=cal.DEFAULT_WARMUP if warmup is None else warmup,
         runs=cal.DEFAULT_RUNS if runs is None else runs,
         threads=threads,
-        progress=ConsoleProgress(),
+        progress=console_progress(),
     )
     text = cal.calibration_yaml(calibration, f"edgeport profiles calibrate {profile.id}")
     written = cal.write_calibration(text, target, force)

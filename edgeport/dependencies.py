@@ -34,6 +34,7 @@ _EXTRAS = {
     "gguf": "gguf",
     "pillow": "vision",
     "scikit-image": "vision",
+    "ray": "ray",
 }
 
 

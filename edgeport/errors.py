@@ -6,11 +6,21 @@ Exit codes (DESIGN.md): 0 ok, 1 internal error, 2 bad input, 3 accuracy gate fai
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class EdgeportError(Exception):
-    """Base class: an expected failure with a one-line message for the user."""
+    """Base class: an expected failure with a one-line message for the user.
+
+    `details`: numbers known when it failed, which `--json` prints beside the error (the
+    footprint of a model planned from its metadata).
+    """
 
     exit_code = 1
+
+    def __init__(self, *args: object, details: Mapping[str, object] | None = None) -> None:
+        super().__init__(*args)
+        self.details: dict[str, object] = dict(details or {})
 
 
 class BadInputError(EdgeportError):

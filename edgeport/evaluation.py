@@ -29,7 +29,15 @@ from edgeport.exports import export_model
 from edgeport.families import BenchWorkload, Family, family_of
 from edgeport.parts import PartSessions, build_parts, load_parts
 from edgeport.schemas import Attempt
-from edgeport.selection import SpeedBasis, Verdict, attempt_key, prune_reason, verdict_for
+from edgeport.selection import (
+    SpeedBasis,
+    Verdict,
+    attempt_key,
+    contender_keys,
+    lead_is_clear,
+    prune_reason,
+    verdict_for,
+)
 from edgeport.validate import primary_metric
 
 if TYPE_CHECKING:
@@ -241,30 +249,56 @@ class CandidateEvaluator:
     def confirm_latency(
         self, attempts: list[Attempt], rounds: int = PAIRED_ROUNDS
     ) -> list[Attempt]:
-        """Re-measure the passing candidates alternately with the baseline.
+        """Re-measure the contenders for the fastest alternately with the baseline.
 
         Background load on a shared build host drifts over minutes; a ratio taken from
-        back-to-back pairs cancels most of it, where one measurement each does not.
+        back-to-back pairs cancels most of it, where one measurement each does not. Only
+        the passing candidates whose first ratio is within the noise of the best one
+        (`contenders`) can still win; the others keep their ratio. Rounds stop early once
+        the leader's slowest paired ratio beats every other contender's fastest: its lead
+        is then larger than all the noise measured so far.
         """
+        contenders = set(contender_keys(attempts))
+        if len(contenders) < 2:
+            return attempts
+        ratios: dict[str, list[float]] = {key: [] for key in contenders}
+        for _ in range(rounds):
+            for key in sorted(contenders):
+                candidate = self.candidates[key]
+                base = self._measure_baseline()
+                own = self.measure(
+                    self.artifacts[key],
+                    candidate.target,
+                    candidate.device,
+                    self.threads,
+                    self.bench,
+                )
+                ratios[key].append(own.latency_ms / base.latency_ms)
+            if lead_is_clear(ratios):
+                break
         confirmed = []
         for attempt in attempts:
             key = attempt_key(attempt.recipe_id, attempt.variant)
-            if attempt.status != "passed" or key not in self.artifacts:
-                confirmed.append(attempt)
-                continue
-            candidate = self.candidates[key]
-            ratios = []
-            for _ in range(rounds):
-                base = self._measure_baseline()
-                own = self.measure(
-                    self.artifacts[key], candidate.target, attempt.device, self.threads, self.bench
+            if key in ratios:
+                values = sorted(ratios[key])
+                attempt = attempt.model_copy(
+                    update={"latency_ratio": round(values[len(values) // 2], 4)}
                 )
-                ratios.append(own.latency_ms / base.latency_ms)
-            ratios.sort()
-            confirmed.append(
-                attempt.model_copy(update={"latency_ratio": round(ratios[len(ratios) // 2], 4)})
-            )
+            confirmed.append(attempt)
         return confirmed
+
+    def timed(self, attempt: Attempt, baseline: Measurement) -> Attempt:
+        """`attempt` with its latency measured, when validation alone decided it (a failed
+        candidate that ships degraded is timed like the others)."""
+        key = attempt_key(attempt.recipe_id, attempt.variant)
+        if attempt.measurement is not None or key not in self.artifacts:
+            return attempt
+        candidate = self.candidates[key]
+        measurement = self.measure(
+            self.artifacts[key], candidate.target, candidate.device, self.threads, self.bench
+        )
+        ratio = round(measurement.latency_ms / baseline.latency_ms, 4)
+        return attempt.model_copy(update={"measurement": measurement, "latency_ratio": ratio})
 
     def evaluate(
         self, candidate: Candidate, baseline: Measurement | None, variant: str = ""
@@ -297,10 +331,14 @@ class CandidateEvaluator:
             session = load_parts(backend, artifact, candidate.device, self.threads)
             report = self.family.validate(self.info, session, self.evaluation, recipe.tolerance)
             del session
-            self.progress.info(f"{recipe.id}: measuring latency")
-            measurement = self.measure(
-                artifact, candidate.target, candidate.device, self.threads, self.bench
-            )
+            measurement = None
+            if report.passed:
+                # Only a candidate that can ship is timed: a failed one's speed decides
+                # nothing, unless it ships degraded (`timed`).
+                self.progress.info(f"{recipe.id}: measuring latency")
+                measurement = self.measure(
+                    artifact, candidate.target, candidate.device, self.threads, self.bench
+                )
         except DoesNotFitError as exc:  # over the size limit, or a budget nothing fits
             return Attempt(
                 status="skipped",
@@ -332,7 +370,7 @@ class CandidateEvaluator:
         self.artifacts[attempt_key(recipe.id, variant)] = artifact
         self.candidates[attempt_key(recipe.id, variant)] = candidate
         notes = list(artifact.notes)
-        ratio = measurement.latency_ms / baseline.latency_ms if baseline else None
+        ratio = measurement.latency_ms / baseline.latency_ms if baseline and measurement else None
         return Attempt(
             status="passed" if report.passed else "failed",
             detail="; ".join([*report.failures, *notes]),
@@ -366,6 +404,8 @@ class Evaluator(Protocol):
     def confirm_latency(
         self, attempts: list[Attempt], rounds: int = PAIRED_ROUNDS
     ) -> list[Attempt]: ...
+
+    def timed(self, attempt: Attempt, baseline: Measurement) -> Attempt: ...
 
 
 @dataclass(frozen=True)
@@ -409,6 +449,7 @@ def search_candidates(
             progress.info(f"{candidate.recipe.id}: skipped, {pruned}")
             continue
         progress.stage(f"[{index}/{len(candidates)}] {candidate.recipe.id}: {candidate.reason}")
+        progress.candidate(index, len(candidates), candidate.recipe.id)
         attempt = evaluator.evaluate(candidate, baseline)
         attempts.append(attempt)
         progress.info(attempt_line(attempt))
@@ -422,4 +463,8 @@ def search_candidates(
         progress.stage("Confirming latency of the passing candidates against the baseline")
         attempts = evaluator.confirm_latency(attempts)
     chosen, verdict = verdict_for(attempts, objective, basis, accept_degraded=accept_degraded)
+    if chosen is not None and chosen.measurement is None:
+        timed = evaluator.timed(chosen, baseline)
+        attempts = [timed if attempt is chosen else attempt for attempt in attempts]
+        chosen = timed
     return SearchOutcome(attempts, chosen, verdict)

@@ -91,7 +91,10 @@ def cached_export(
     """The fp32 export for (model path/commit, target, task), made once per cache folder.
 
     A hit is copied into `workdir`, so the candidates of one conversion never write into
-    the export another conversion reuses.
+    the export another conversion reuses. Safe for concurrent conversions sharing `cache`
+    (Ray workers on shared storage): an entry appears whole, by renaming a folder written
+    beside it, and is never replaced once there; two that miss at once both export, and
+    the first one stored is kept.
     """
     entry = cache / _cache_key(target.id, info, trust_remote_code, parts)
     meta_path = entry / _CACHE_META
@@ -109,8 +112,12 @@ def cached_export(
             else "export",
         }
         (partial / _CACHE_META).write_text(json.dumps(meta), encoding="utf-8")
-        shutil.rmtree(entry, ignore_errors=True)
-        partial.rename(entry)
+        try:
+            # Atomic, and never over an entry another conversion (a Ray worker sharing
+            # the folder) stored meanwhile: theirs may be being read.
+            partial.rename(entry)
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)  # same key, same export: keep theirs
         return exported
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     directory = workdir / meta["relative_dir"]

@@ -1,86 +1,53 @@
 """Inspect a resolved model folder: task, family, size and shapes, without loading weights.
 
-Parameter counts and dtypes come from the safetensors headers (a few KB read per file),
-so planning a 7B model reads no weights. Checking that transformers and optimum's ONNX
-exporter know the model_type imports both (and torch) once per process: a few seconds.
+Parameter counts and dtypes come from the safetensors headers (a few KB read per file,
+edgeport.model_shape), so planning a 7B model reads no weights; the headers may come
+from the Hub without the files (hub.resolve_metadata). Checking that transformers and
+optimum's ONNX exporter know the model_type reads their name tables, not their code.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import struct
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edgeport.errors import BadInputError, UnsupportedError
 from edgeport.families import family_for_task, normalise_task
 from edgeport.hub import PICKLE_WEIGHT_SUFFIXES, ResolvedModel, read_config, read_json_file
-from edgeport.schemas import ModelDims, ModelInfo
-
-_DTYPE_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-}
+from edgeport.model_shape import (
+    ModelShape,
+    model_dims,
+    model_shape,
+    read_safetensors_header,
+    text_config,
+)
+from edgeport.schemas import ModelInfo
 
 
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file; anything else is a one-line BadInputError."""
-    try:
-        with path.open("rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise BadInputError(f"{path}: not a safetensors file (too short)")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > 100_000_000:
-                raise BadInputError(f"{path}: implausible safetensors header")
-            header = json.loads(handle.read(length))
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot read: {exc.strerror or type(exc).__name__}") from exc
-    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
-        raise BadInputError(f"{path}: not a safetensors file (malformed header)") from exc
-    if not isinstance(header, dict):
-        raise BadInputError(f"{path}: not a safetensors file (malformed header)")
-    return header
+def header_map(folder: Path) -> dict[str, dict[str, Any]]:
+    """The safetensors headers of a model folder's weight files, by file name."""
+    return {
+        path.name: read_safetensors_header(path) for path in sorted(folder.glob("*.safetensors"))
+    }
 
 
-def count_weights(folder: Path) -> tuple[int, int, str]:
-    """(parameter count, bytes, dominant dtype) of the model's weights."""
-    params = 0
-    size = 0
-    dtype_counts: dict[str, int] = {}
-    files = sorted(folder.glob("*.safetensors"))
-    for path in files:
-        for name, entry in read_safetensors_header(path).items():
-            if name == "__metadata__":
-                continue
-            try:
-                count = 1
-                for dim in entry["shape"]:
-                    count *= int(dim)
-                dtype = str(entry["dtype"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise BadInputError(f"{path}: malformed safetensors header entry") from exc
-            params += count
-            size += count * _DTYPE_BYTES.get(dtype, 4)
-            dtype_counts[dtype] = dtype_counts.get(dtype, 0) + count
-    if not files:
-        # Pickle weights (only when --allow-pickle): estimate from the file size.
-        pickles = [p for p in folder.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES]
-        size = sum(p.stat().st_size for p in pickles)
-        return size // 4, size, "F32"
-    dominant = max(dtype_counts, key=lambda key: dtype_counts[key]) if dtype_counts else "F32"
-    return params, size, dominant
+def pickle_shape(folder: Path, config: dict[str, Any]) -> ModelShape:
+    """Pickle weights (only with --allow-pickle) have no header: their size estimates
+    the parameters, at fp32."""
+    pickles = [p for p in folder.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES]
+    size = sum(p.stat().st_size for p in pickles)
+    shape = model_shape(config, {})
+    return replace(
+        shape,
+        parameters_total=size // 4,
+        parameters_active=size // 4,
+        stored_bytes=size,
+        dtype="F32",
+        from_headers=False,
+    )
 
 
 # Architecture class suffix -> optimum task. Checked in order; the bare `Model` suffix
@@ -108,19 +75,29 @@ _ARCHITECTURE_TASKS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _is_image_backbone(folder: Path, config: dict[str, Any]) -> bool:
+def _is_image_backbone(files: frozenset[str]) -> bool:
     """A backbone that reads pixels: an image processor beside it and no tokenizer."""
-    has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
-    return (folder / "preprocessor_config.json").is_file() and not has_tokenizer
+    has_tokenizer = bool({"tokenizer.json", "vocab.txt"} & files)
+    return "preprocessor_config.json" in files and not has_tokenizer
 
 
-def infer_task(folder: Path, config: dict[str, Any]) -> str:
-    if (folder / "modules.json").is_file():
+def folder_files(folder: Path) -> list[str]:
+    """Every file of a model folder, as paths relative to it."""
+    return sorted(
+        path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()
+    )
+
+
+def infer_task(folder: Path, config: dict[str, Any], files: Sequence[str] | None = None) -> str:
+    """The optimum task of a model, from its files (`files`: the repository's list, when
+    the folder holds only what planning downloaded) and config.json architectures."""
+    names = frozenset(files if files is not None else folder_files(folder))
+    if "modules.json" in names:
         return "feature-extraction"  # a sentence-transformers model
     for architecture in config.get("architectures") or []:
         for suffix, task in _ARCHITECTURE_TASKS:
             if str(architecture).endswith(suffix):
-                if task == "feature-extraction" and _is_image_backbone(folder, config):
+                if task == "feature-extraction" and _is_image_backbone(names):
                     return "image-feature-extraction"
                 return task
     raise UnsupportedError("cannot infer the task from config.json architectures; pass --task")
@@ -172,38 +149,43 @@ def sentence_transformers_settings(folder: Path) -> tuple[str | None, bool, int 
     return pooling, normalize, max_length
 
 
-def _dims(config: dict[str, Any]) -> ModelDims:
-    def first(*keys: str) -> int | None:
-        for key in keys:
-            value = config.get(key)
-            if isinstance(value, int):
-                return value
-        return None
-
-    heads = first("num_attention_heads", "n_head", "num_heads")
-    hidden = first("hidden_size", "n_embd", "d_model", "dim")
-    head_dim = first("head_dim") or (hidden // heads if hidden and heads else None)
-    return ModelDims(
-        hidden_size=hidden,
-        num_layers=first("num_hidden_layers", "n_layer", "num_layers"),
-        num_attention_heads=heads,
-        num_key_value_heads=first("num_key_value_heads", "multi_query_group_num") or heads,
-        head_dim=head_dim,
-        vocab_size=first("vocab_size"),
-        max_positions=first("max_position_embeddings", "n_positions", "max_seq_len"),
-    )
-
-
 # Model types named (when supported) as examples in the unsupported-model_type message.
 _EXAMPLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "llama", "qwen2", "gpt2")
 
 
 @functools.cache
 def transformers_model_types() -> frozenset[str]:
-    """Every model_type this transformers knows, from its name table (no torch import)."""
+    """Every model_type this transformers knows: the keys of CONFIG_MAPPING_NAMES in its
+    configuration_auto.py, read as source. Importing that module costs seconds of every
+    `edgeport plan`; tests/test_model_info.py holds this reading to the imported table."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers")  # the package only, not its modules
+    if spec is None or spec.origin is None:
+        return frozenset()
+    source = Path(spec.origin).parent / "models" / "auto" / "configuration_auto.py"
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and any(
+                isinstance(t, ast.Name) and t.id == "CONFIG_MAPPING_NAMES" for t in node.targets
+            )
+            and isinstance(node.value, ast.Call)
+            and node.value.args
+            and isinstance(node.value.args[0], ast.List)
+        ):
+            return frozenset(
+                str(item.elts[0].value)
+                for item in node.value.args[0].elts
+                if isinstance(item, ast.Tuple)
+                and item.elts
+                and isinstance(item.elts[0], ast.Constant)
+            )
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-    return frozenset(CONFIG_MAPPING_NAMES.keys())
+    return frozenset(CONFIG_MAPPING_NAMES.keys())  # a layout this reading does not know
 
 
 @functools.cache
@@ -267,7 +249,19 @@ def check_model_type(model_type: str, config_path: Path, *, remote_code: bool = 
         )
 
 
-def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo:
+def inspect_model(
+    resolved: ResolvedModel,
+    task: str | None = None,
+    *,
+    files: Sequence[str] | None = None,
+    shape: ModelShape | None = None,
+) -> ModelInfo:
+    """Everything the planner needs to know about a model, without loading its weights.
+
+    `files` (the repository's file list) and `shape` (counted from headers read from the
+    Hub) describe a model whose folder holds only the metadata files planning downloads;
+    without them both come from the folder.
+    """
     folder = resolved.local_path
     config_path = folder / "config.json"
     config = read_config(folder)
@@ -280,19 +274,23 @@ def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
         raise BadInputError(f"{config_path}: architectures: expected a list of class names")
     check_model_type(model_type, config_path, remote_code=bool(config.get("auto_map")))
-    chosen_task = normalise_task(task or infer_task(folder, config))
+    files = sorted(files) if files is not None else folder_files(folder)
+    chosen_task = normalise_task(task or infer_task(folder, config, files))
     family = family_for_task(chosen_task)
     if config.get("is_encoder_decoder") and not family.encoder_decoder:
         raise UnsupportedError(f"encoder-decoder models are not supported for {chosen_task}")
-    params, weight_bytes, dtype = count_weights(folder)
+    if shape is None:
+        headers = header_map(folder)
+        shape = model_shape(config, headers) if headers else pickle_shape(folder, config)
     family_fields = family.inspect(folder, config, chosen_task)
     # Two-tower models keep their dimensions in sub-configs: the family says which count.
-    dims = family_fields.pop("dims", None) or _dims(config)
+    dims = family_fields.pop("dims", None) or model_dims(text_config(config))
     max_length = family_fields.pop("max_length", None) or dims.max_positions or 512
     if dims.max_positions:
         max_length = min(max_length, dims.max_positions)
+    # What one token reads matters to generators only; for them MoE and towers count.
+    active = shape.parameters_active if family.decodes else shape.parameters_total
 
-    files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
     return ModelInfo(
         source=resolved.source,
         repo_id=resolved.repo_id,
@@ -303,9 +301,11 @@ def inspect_model(resolved: ResolvedModel, task: str | None = None) -> ModelInfo
         family=family.id,
         model_type=str(model_type),
         architectures=list(architectures),
-        parameter_count=params,
-        weight_dtype=dtype,
-        weight_bytes=weight_bytes,
+        parameter_count=shape.parameters_total,
+        parameters_active=active if active != shape.parameters_total else None,
+        experts=shape.experts,
+        weight_dtype=shape.dtype,
+        weight_bytes=shape.stored_bytes,
         files=files,
         dims=dims,
         max_length=int(max_length),

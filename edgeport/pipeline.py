@@ -23,9 +23,16 @@ from edgeport.evaluation import CandidateEvaluator, search_candidates
 from edgeport.exports import export_model
 from edgeport.families import family_of
 from edgeport.host import available_cores, probe_cpu
-from edgeport.hub import resolve
+from edgeport.hub import (
+    check_metadata_safety,
+    fetch_planning_files,
+    read_config,
+    resolve,
+    resolve_metadata,
+)
 from edgeport.model_info import inspect_model
-from edgeport.planner import Objective, plan
+from edgeport.model_shape import model_shape
+from edgeport.planner import Objective, does_not_fit, footprint, plan
 from edgeport.progress import Progress, SilentProgress
 from edgeport.schemas import ConversionResult, ModelInfo, Plan
 from edgeport.selection import attempt_key, speed_basis
@@ -68,21 +75,54 @@ def _catalog(request: ConvertRequest) -> Catalog:
 
 
 def make_plan(request: ConvertRequest, progress: Progress) -> Plan:
+    """The plan, from the model's metadata only: config files and safetensors headers,
+    never its weights (`fetch_weights` downloads those once something fits).
+
+    The order of the checks: the fit check first, since it runs no code and downloads
+    nothing, so a model too large at every precision the device's runtimes offer is exit
+    5 with its numbers even when it would also need remote code or is of a type edgeport
+    cannot export (exit 4): no flag or upgrade would make it fit. A model that may fit
+    then meets the safety rules (remote code, pickle weights) and the model-type checks.
+    """
     catalog = _catalog(request)
     profile = catalog.profile(request.profile)
     calibration = catalog.calibration(profile.id)  # a malformed one fails before any work
-    progress.stage(f"Resolving {request.model}")
-    resolved = resolve(
-        request.model,
-        request.revision,
-        trust_remote_code=request.trust_remote_code,
-        allow_pickle=request.allow_pickle,
-    )
-    info = inspect_model(resolved, request.task)
     if request.recipes:
         for name in request.recipes:
             catalog.recipe(name)  # unknown names are bad input, not an empty plan
-    return plan(
+    progress.stage(f"Resolving {request.model}")
+    metadata = resolve_metadata(request.model, request.revision)
+    resolved = metadata.resolved
+    config = read_config(resolved.local_path)
+    shape = model_shape(config, metadata.headers)
+    name = resolved.repo_id or request.model
+    found = footprint(name, shape, profile, catalog.recipes.values(), catalog.targets)
+    numbers = {**found.model_dump(), "profile": profile.id}
+    problem = does_not_fit(found, profile)
+    if problem is not None:
+        raise DoesNotFitError(problem, details=numbers)
+    try:
+        check_metadata_safety(
+            metadata,
+            config,
+            trust_remote_code=request.trust_remote_code,
+            allow_pickle=request.allow_pickle,
+        )
+        if metadata.has_safetensors:
+            fetch_planning_files(metadata)
+            info = inspect_model(resolved, request.task, files=metadata.files, shape=shape)
+        else:  # pickle weights (--allow-pickle) have no header: their file sizes tell
+            resolved = resolve(
+                request.model,
+                request.revision,
+                trust_remote_code=request.trust_remote_code,
+                allow_pickle=request.allow_pickle,
+            )
+            info = inspect_model(resolved, request.task)
+    except EdgeportError as exc:  # refused after the fit check: the numbers still answer
+        exc.details = {**numbers, **exc.details}
+        raise
+    result = plan(
         info,
         profile,
         catalog.recipes.values(),
@@ -93,6 +133,29 @@ def make_plan(request: ConvertRequest, progress: Progress) -> Plan:
         calibration=calibration,
         max_size_mb=request.max_size_mb,
     )
+    return result.model_copy(update={"footprint": found})
+
+
+def fetch_weights(the_plan: Plan, request: ConvertRequest, progress: Progress) -> Plan:
+    """The plan's model with its weights on disk: the whole snapshot of the commit the plan
+    read (a local folder already has them)."""
+    info = the_plan.model
+    if info.repo_id is None:
+        return the_plan
+    progress.stage(f"Downloading {info.repo_id}")
+    resolved = resolve(
+        info.repo_id,
+        info.commit or request.revision,
+        trust_remote_code=request.trust_remote_code,
+        allow_pickle=request.allow_pickle,
+    )
+    files = sorted(
+        path.relative_to(resolved.local_path).as_posix()
+        for path in resolved.local_path.rglob("*")
+        if path.is_file()
+    )
+    model = info.model_copy(update={"local_path": resolved.local_path, "files": files})
+    return the_plan.model_copy(update={"model": model})
 
 
 def objective_for(request: ConvertRequest, info: ModelInfo) -> Objective:
@@ -151,12 +214,15 @@ def convert(request: ConvertRequest, progress: Progress | None = None) -> Conver
     baseline = catalog.target(catalog.baseline.target)
     baseline_words = f"{baseline.name} fp32"  # "ONNX Runtime fp32", for the report and plot
     the_plan = make_plan(request, progress)
-    info, profile = the_plan.model, the_plan.profile
     if not the_plan.candidates:
         raise explain_empty_plan(the_plan)
-    out = request.out or default_out(info, profile.id)
-    protected = protected_paths(request, info)
+    profile = the_plan.profile
+    out = request.out or default_out(the_plan.model, profile.id)
+    protected = protected_paths(request, the_plan.model)
     check_destination(out, force=request.force, protected=protected)
+    # Only now that something fits are the weights worth downloading.
+    the_plan = fetch_weights(the_plan, request, progress)
+    info = the_plan.model
     progress.stage(f"Plan for {profile.id}: " + ", ".join(c.recipe.id for c in the_plan.candidates))
     family = family_of(info)
     samples = family.load_samples(request.samples)

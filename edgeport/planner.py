@@ -18,12 +18,20 @@ from typing import Literal
 
 from edgeport.families import families as known_families
 from edgeport.families import family_of
+from edgeport.model_shape import (
+    ModelShape,
+    bytes_words,
+    count_words,
+    kv_cache_elements,
+    kv_elements_per_token,
+)
 from edgeport.schemas import (
     INT8_DOT_FEATURES,
     Calibration,
     Candidate,
     DeviceProfile,
     DroppedCandidate,
+    Footprint,
     ModelInfo,
     Plan,
     Recipe,
@@ -56,16 +64,13 @@ def for_device(recipe: Recipe, profile: DeviceProfile) -> Recipe:
 
 def kv_cache_bytes_per_token(model: ModelInfo, context: int) -> float:
     """Bytes of fp32 KV cache one decode step reads with `context` tokens before it."""
-    dims = model.dims
-    heads = dims.num_attention_heads or 12
-    head_dim = dims.head_dim or (dims.hidden_size or 768) // heads
-    kv_heads = dims.num_key_value_heads or heads
-    return 2.0 * (dims.num_layers or 12) * kv_heads * head_dim * context * 4
+    return kv_cache_elements(model.dims, context) * 4
 
 
 def decode_bytes_per_token(model: ModelInfo, recipe: Recipe, context: int = 0) -> float:
-    """Bytes one decode step reads: every weight once (at the recipe's size) plus the cache."""
-    weights = model.parameter_count * 4 * recipe.expect.size_factor
+    """Bytes one decode step reads: every weight it uses once (at the recipe's size: a
+    mixture of experts reads only the experts a token is routed to) plus the cache."""
+    weights = model.active_parameter_count * 4 * recipe.expect.size_factor
     return weights + kv_cache_bytes_per_token(model, context)
 
 
@@ -83,7 +88,7 @@ def decode_speedup(model: ModelInfo, recipe: Recipe, profile: DeviceProfile) -> 
     """Expected decode speedup over fp32 weights: the ratio of bytes read per token, with the
     (fp32, unchanged) KV cache at half the profile's context as the common term."""
     context = min(profile.context_length, model.dims.max_positions or profile.context_length)
-    fp32 = model.parameter_count * 4 + kv_cache_bytes_per_token(model, context // 2)
+    fp32 = model.active_parameter_count * 4 + kv_cache_bytes_per_token(model, context // 2)
     return fp32 / decode_bytes_per_token(model, recipe, context // 2)
 
 
@@ -185,7 +190,7 @@ def measured_speedup(
     why = f"measured {measured:.2f}x ONNX Runtime fp32 ({what}) on {calibration.label}"
     if decoder:
         context = min(profile.context_length, model.dims.max_positions or profile.context_length)
-        weights = model.parameter_count * 4.0
+        weights = model.active_parameter_count * 4.0
         cache = kv_cache_bytes_per_token(model, context // 2)
         speedup = (weights + cache) / (weights / measured + cache)
         return round(speedup, 2), f"{why}: ~{speedup:.2f}x with the fp32 KV cache"
@@ -364,6 +369,131 @@ def plan(
     runtime_rank = {r.target: index for index, r in enumerate(profile.runtimes)}
     kept.sort(key=lambda c: rank_key(c, objective, runtime_rank))
     return Plan(model=model, profile=profile, candidates=kept, dropped=dropped)
+
+
+def model_context(max_positions: int | None, profile: DeviceProfile) -> int:
+    """The tokens of context a language model must hold on the device: the profile's,
+    unless the model cannot take that many."""
+    return min(profile.context_length, max_positions or profile.context_length)
+
+
+def _device_recipes(
+    recipes: Iterable[Recipe], targets: Mapping[str, Target], profile: DeviceProfile
+) -> list[Recipe]:
+    """The recipes whose runtime the device runs (all of them when it runs none)."""
+    runs = {runtime.target for runtime in profile.runtimes}
+    usable = [r for r in recipes if r.target in runs and r.target in targets]
+    return usable or list(recipes)
+
+
+def bytes_per_parameter(
+    recipes: Iterable[Recipe], targets: Mapping[str, Target], profile: DeviceProfile
+) -> dict[str, float]:
+    """Bytes per parameter at each precision the catalogue offers the device, largest
+    first: the smallest recipe of each precision (its size_factor counts the scales of
+    its quantisation groups and what it keeps at higher precision)."""
+    sizes: dict[str, float] = {}
+    for recipe in _device_recipes(recipes, targets, profile):
+        size = 4.0 * recipe.expect.size_factor
+        sizes[recipe.precision] = min(sizes.get(recipe.precision, size), size)
+    return dict(sorted(sizes.items(), key=lambda item: -item[1]))
+
+
+def footprint(
+    name: str,
+    shape: ModelShape,
+    profile: DeviceProfile,
+    recipes: Iterable[Recipe],
+    targets: Mapping[str, Target],
+) -> Footprint:
+    """What the model asks of the device's memory, from its metadata alone: the weights at
+    every precision on offer, and the KV cache at the profile's context at the smallest
+    element size the device's runtimes keep (llama.cpp's f16 cache: 2 bytes)."""
+    usable = _device_recipes(recipes, targets, profile)
+    kv_bytes = min(
+        (targets[r.target].kv_cache_bytes for r in usable if r.target in targets), default=4
+    )
+    context = model_context(shape.dims.max_positions, profile)
+    per_token = kv_elements_per_token(shape.dims) * kv_bytes if shape.decodes else None
+    cache = kv_cache_elements(shape.dims, context) * kv_bytes if shape.decodes else 0.0
+    experts = shape.experts
+    return Footprint(
+        model=name,
+        parameters_total=shape.parameters_total,
+        parameters_active=shape.parameters_active if shape.decodes else shape.parameters_total,
+        num_experts=experts.num_experts if experts else None,
+        experts_per_token=experts.experts_per_token if experts else None,
+        num_shared_experts=experts.num_shared_experts if experts else None,
+        weight_bytes={
+            precision: round(shape.parameters_total * size)
+            for precision, size in bytes_per_parameter(usable, targets, profile).items()
+        },
+        kv_cache_bytes_per_token=round(per_token) if per_token is not None else None,
+        kv_cache_element_bytes=kv_bytes,
+        context_tokens=context,
+        kv_cache_bytes=round(cache),
+        usable_memory_bytes=round(profile.usable_memory_mb * MIB),
+        from_headers=shape.from_headers,
+    )
+
+
+def describe_footprint(found: Footprint) -> str:
+    """The numbers of a footprint in words: parameters, weights per precision, KV cache."""
+    total = f"{count_words(found.parameters_total)} parameters"
+    if found.parameters_active != found.parameters_total:
+        total += f" ({count_words(found.parameters_active)} active"
+        if found.num_experts and found.experts_per_token:
+            total += f": {found.experts_per_token} of {found.num_experts} experts"
+            if found.num_shared_experts:
+                total += f" + {found.num_shared_experts} shared"
+        total += ")"
+    if not found.from_headers:
+        total += " (estimated from config.json)"
+    weights = ", ".join(
+        f"{bytes_words(size)} at {precision}" for precision, size in found.weight_bytes.items()
+    )
+    words = f"{total}; weights {weights}"
+    if found.kv_cache_bytes_per_token is not None:
+        words += (
+            f"; KV cache {bytes_words(found.kv_cache_bytes_per_token)}/token, "
+            f"{bytes_words(found.kv_cache_bytes)} at {found.context_tokens:,} tokens"
+        )
+    return words
+
+
+def does_not_fit(found: Footprint, profile: DeviceProfile) -> str | None:
+    """Why nothing the catalogue offers can fit, or None when something might.
+
+    A lower bound: the smallest weights and the cache alone, without activations or the
+    runtime, so it never refuses what the planner's per-recipe estimate would keep. The
+    message says what would fit instead: the context that leaves room, or the largest
+    model the device holds at the smallest precision.
+    """
+    precision, weights = found.smallest_weights
+    usable = found.usable_memory_bytes
+    if weights + found.kv_cache_bytes <= usable:
+        return None
+    device = (
+        f"the device gives a model {bytes_words(usable)} of its "
+        f"{bytes_words(profile.memory_mb * MIB)}"
+    )
+    head = f"nothing fits {profile.id}: {found.model} has {describe_footprint(found)}; {device}"
+    if weights <= usable and found.kv_cache_bytes:
+        # The cache grows about linearly with the context (less with windows or a state).
+        tokens = int(found.context_tokens * (usable - weights) / found.kv_cache_bytes)
+        return (
+            f"{head}: the {precision} weights fit but not the KV cache of "
+            f"{found.context_tokens:,} tokens; at most ~{tokens:,} tokens of context would"
+        )
+    per_parameter = weights / max(1, found.parameters_total)
+    room = usable - found.kv_cache_bytes
+    largest = (
+        f"at {precision} it holds a model of at most {count_words(room / per_parameter)} "
+        "parameters with this context"
+        if room > 0
+        else "the KV cache alone is larger than that"
+    )
+    return f"{head}: the {precision} weights alone need {weights / usable:,.0f}× that; {largest}"
 
 
 def rank_key(

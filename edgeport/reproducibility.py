@@ -35,7 +35,8 @@ VOLATILE = (
         path=MANIFEST,
         fields=[*VOLATILE_FIELDS, *(f"files[{path}]" for path in VOLATILE_FILES)],
         why="latency, memory, decoding speed and duration measured on the build host vary "
-        "run to run; the entries of the volatile files change with them",
+        "run to run, and with them the search's record (attempts: which candidates were "
+        "timed, confirmed or skipped, and why); the entries of the volatile files change too",
     ),
     *(VolatileFile(path=path, why=_VOLATILE_WHY[path]) for path in VOLATILE_FILES),
     VolatileFile(

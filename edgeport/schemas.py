@@ -752,6 +752,41 @@ class ModelDims(StrictModel):
     head_dim: int | None = None
     vocab_size: int | None = None
     max_positions: int | None = None
+    # The KV cache's layout, read from config.json by edgeport.model_shape (None: not read,
+    # the cache is then 2 x layers x kv_heads x head_dim per token). Elements, not bytes:
+    # the runtime's element size (Target.kv_cache_bytes) multiplies them.
+    attention: str | None = Field(
+        default=None,
+        description="The attention layout the cache follows: gqa (mha is gqa with as many "
+        "KV heads as heads), mla (multi-head latent attention), with +sliding or +linear "
+        "when some layers keep a window or a constant state instead.",
+    )
+    kv_elements_per_token: int | None = Field(
+        default=None,
+        ge=0,
+        description="KV cache elements one token adds in the layers that keep every token.",
+    )
+    window_kv_elements_per_token: int = Field(
+        default=0,
+        ge=0,
+        description="KV cache elements one token adds in the sliding-window layers, which "
+        "keep at most `sliding_window` tokens.",
+    )
+    sliding_window: int | None = Field(default=None, gt=0)
+    state_elements: int = Field(
+        default=0,
+        ge=0,
+        description="Constant recurrent state of the linear-attention layers (Gated "
+        "DeltaNet, Mamba): what they keep instead of a per-token cache.",
+    )
+
+
+class Experts(StrictModel):
+    """A mixture of experts: what decides how many parameters one token reads."""
+
+    num_experts: int = Field(gt=0, description="Routed experts per MoE layer.")
+    experts_per_token: int = Field(gt=0, description="Routed experts each token uses.")
+    num_shared_experts: int = Field(default=0, ge=0, description="Experts every token uses.")
 
 
 class ModelInfo(StrictModel):
@@ -764,7 +799,14 @@ class ModelInfo(StrictModel):
     family: Family
     model_type: str
     architectures: list[str] = Field(default_factory=list)
-    parameter_count: int
+    parameter_count: int = Field(description="Every parameter: what must fit in memory.")
+    parameters_active: int | None = Field(
+        default=None,
+        description="Parameters one decoded token reads (a mixture of experts skips the "
+        "routed experts it does not use; encoder towers and multi-token-prediction heads "
+        "are not read); None: all of them.",
+    )
+    experts: Experts | None = None
     weight_dtype: str
     weight_bytes: int
     files: list[str]
@@ -776,6 +818,13 @@ class ModelInfo(StrictModel):
     @property
     def display_name(self) -> str:
         return self.repo_id or self.source
+
+    @property
+    def active_parameter_count(self) -> int:
+        """What one decoding step reads, the bound on decode speed."""
+        return (
+            self.parameters_active if self.parameters_active is not None else self.parameter_count
+        )
 
 
 # --------------------------------------------------------------------------- plan
@@ -835,11 +884,49 @@ class DroppedCandidate(StrictModel):
     )
 
 
+class Footprint(StrictModel):
+    """What a model asks of a device's memory, known from config.json and the safetensors
+    headers alone: answered before any weight is downloaded (`plan --json` prints it)."""
+
+    model: str
+    parameters_total: int
+    parameters_active: int
+    num_experts: int | None = None
+    experts_per_token: int | None = None
+    num_shared_experts: int | None = None
+    weight_bytes: dict[str, int] = Field(
+        description="Bytes of the weights at each precision the catalogue's recipes for the "
+        "device offer (their smallest size_factor: quantisation scales and the layers kept "
+        "at higher precision included), largest first."
+    )
+    kv_cache_bytes_per_token: int | None = Field(
+        description="KV cache bytes one token adds at kv_cache_element_bytes per element "
+        "(all caching layers; sliding-window layers stop growing at their window); None "
+        "for a model that does not decode."
+    )
+    kv_cache_element_bytes: int
+    context_tokens: int = Field(description="The profile's context, capped by the model's.")
+    kv_cache_bytes: int = Field(
+        description="The KV cache (and any recurrent state) at context_tokens."
+    )
+    usable_memory_bytes: int = Field(description="What the device gives a model.")
+    from_headers: bool = Field(
+        description="Counted from the safetensors headers; False: estimated from config.json "
+        "(no header was available without downloading weights)."
+    )
+
+    @property
+    def smallest_weights(self) -> tuple[str, int]:
+        """(precision, bytes) of the smallest weights the catalogue offers."""
+        return min(self.weight_bytes.items(), key=lambda item: item[1])
+
+
 class Plan(StrictModel):
     model: ModelInfo
     profile: DeviceProfile
     candidates: list[Candidate]
     dropped: list[DroppedCandidate]
+    footprint: Footprint | None = None
 
 
 # --------------------------------------------------------------------------- results

@@ -25,6 +25,9 @@ PRUNE_MARGIN = 1.5
 # Objective "size": candidates at most this much larger than the smallest passing one
 # count as equally small, and the fastest of them wins.
 SIZE_BAND = 1.05
+# Latency: passing candidates whose first ratio is within this factor of the best one are
+# contenders, re-measured in paired rounds; the rest are slower than any noise we see.
+CONTENDER_BAND = 1.15
 
 # passed: the winner passed its tolerance; degraded: none did and the user accepted the
 # most accurate one anyway; failed: none did, nothing ships.
@@ -180,8 +183,36 @@ def choose(
 
 
 def best_failed(attempts: Sequence[Attempt]) -> Attempt | None:
-    measured = [a for a in attempts if a.status == "failed" and a.validation and a.measurement]
-    return max(measured, key=_accuracy) if measured else None
+    validated = [a for a in attempts if a.status == "failed" and a.validation]
+    return max(validated, key=_accuracy) if validated else None
+
+
+def contender_keys(attempts: Sequence[Attempt], band: float = CONTENDER_BAND) -> list[str]:
+    """The passing attempts that can still be the fastest: a first ratio within `band` of
+    the best one, or within the best one's own spread (p90 over median of its runs),
+    whichever is wider. The others are slower by more than one measurement's noise."""
+    timed = [
+        (a.latency_ratio, a.measurement.latency_p90_ms / max(a.measurement.latency_ms, 1e-9), a)
+        for a in attempts
+        if a.status == "passed" and a.latency_ratio and a.measurement
+    ]
+    if not timed:
+        return []
+    best_ratio, best_spread, _ = min(timed, key=lambda item: item[0])
+    limit = best_ratio * max(band, best_spread)
+    return [attempt_key(a.recipe_id, a.variant) for ratio, _, a in timed if ratio <= limit]
+
+
+def lead_is_clear(ratios: Mapping[str, Sequence[float]]) -> bool:
+    """Whether paired ratios already say who is fastest: the leader's slowest round is
+    faster than every other contender's fastest."""
+    measured = {key: values for key, values in ratios.items() if values}
+    if len(measured) < 2:
+        return True
+    leader = min(measured, key=lambda key: sorted(measured[key])[len(measured[key]) // 2])
+    return all(
+        max(measured[leader]) < min(values) for key, values in measured.items() if key != leader
+    )
 
 
 def verdict_for(

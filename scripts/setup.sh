@@ -49,7 +49,7 @@ fi
 
 say "Python environment: $VENV"
 "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,openvino,vision,gguf]"
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev,openvino,vision,gguf,ray]"
 "$VENV/bin/edgeport" --version
 
 say "Built-in example: the real sentence-transformers/all-MiniLM-L6-v2"

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install -q -c constraints.txt -e ".[dev,openvino,vision]"
+"$work/venv/bin/python" -m pip install -q -c constraints.txt -e ".[dev,openvino,vision,gguf,ray]"
 {
   sed -n '1,/^# A pin here/p' constraints.txt
   # torch stays pinned without the local "+cpu" tag: the CPU build is what `torch==2.13.0`

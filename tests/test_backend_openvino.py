@@ -307,3 +307,28 @@ def test_sensitivity_ranking_names_matmuls_and_keeps_them_in_float(
     assert worst not in still_quantised  # that MatMul now runs in float
     assert len(still_quantised) >= len(ranking) - 1
     assert any(worst in note for note in artifact.notes)
+
+
+def test_saved_ir_does_not_depend_on_what_the_process_built_before(tmp_path: Path) -> None:
+    """OpenVINO names unnamed nodes from a process-wide counter; bundles built after other
+    work (a build's second pair, a Ray worker) must still be byte-identical."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from edgeport.backends.openvino_ir import save_ir
+
+    def graph() -> ov.Model:
+        x = ops.parameter([1, 4], np.float32, name="x")
+        weight = ops.constant(np.arange(16, dtype=np.float32).reshape(4, 4))  # unnamed
+        result = ops.relu(ops.matmul(x, weight, False, False))
+        return ov.Model([result], [x], "tiny")
+
+    save_ir(graph(), tmp_path / "first.xml")
+    for _ in range(5):  # other work moves the counter on
+        graph()
+    save_ir(graph(), tmp_path / "second.xml")
+    first = (tmp_path / "first.xml").read_text().replace("first", "")
+    second = (tmp_path / "second.xml").read_text().replace("second", "")
+    assert first == second
+    assert (tmp_path / "first.bin").read_bytes() == (tmp_path / "second.bin").read_bytes()

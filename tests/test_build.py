@@ -269,3 +269,182 @@ def test_a_valid_build_file_passes_the_check(tiny_bert: Path, tmp_path: Path) ->
     )
     check_build(build)
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def _stub_convert(request: Any, progress: Any) -> Any:
+    """A conversion that fails at once, as an unsupported model does: builds without work."""
+    from edgeport.errors import UnsupportedError
+
+    raise UnsupportedError(f"stub: {Path(request.profile).stem}")
+
+
+def _stub_build(tmp_path: Path, models: int = 2, **changes: Any) -> BuildFile:
+    return BuildFile(
+        models=[ModelEntry(id=str(tmp_path), name=f"m{i}") for i in range(models)],
+        profiles=["x86-64-avx2", "raspberry-pi-5", "intel-n100"],
+        out=tmp_path / "out",
+        **changes,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0/2", "--shard 0/2: I must be between 1 and N"),
+        ("3/2", "--shard 3/2: I must be between 1 and N"),
+        ("1/0", "--shard 1/0: I must be between 1 and N"),
+        ("1-2", "--shard: expected I/N, as in 1/4; got '1-2'"),
+        ("one/two", "--shard: expected I/N, as in 1/4; got 'one/two'"),
+        ("", "--shard: expected I/N, as in 1/4; got ''"),
+    ],
+)
+def test_a_bad_shard_is_one_line_exit_2(text: str, expected: str) -> None:
+    from edgeport.build import Shard
+
+    with pytest.raises(BadInputError) as caught:
+        Shard.parse(text)
+    assert str(caught.value) == expected
+
+
+def test_a_bad_shard_on_the_command_line(tmp_path: Path) -> None:
+    result = run_cli("build", str(EXAMPLE), "--shard", "3/2", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert _one_line(result.stderr) == "error: --shard 3/2: I must be between 1 and N"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 7])
+def test_shards_split_the_pairs_once_each_in_file_order(count: int) -> None:
+    from edgeport.build import Shard
+
+    numbers = range(1, 7)
+    shards = [[n for n in numbers if Shard(i, count).holds(n)] for i in range(1, count + 1)]
+    assert sorted(n for shard in shards for n in shard) == list(numbers)
+    assert shards[0][0] == 1 and all(len(s) - len(shards[-1]) in (0, 1) for s in shards)
+    assert Shard.parse(f"{count}/{count}").index_name == f"index.shard-{count}-of-{count}.json"
+
+
+def test_shard_indexes_merge_into_the_local_build_index(tmp_path: Path) -> None:
+    from edgeport.build import Shard, merge_shards
+
+    build = _stub_build(tmp_path)  # 2 models x 3 profiles: shard 1/4 gets pairs 1 and 5
+    local, index = run_build(build, convert=_stub_convert)
+    assert index.name == "index.json" and len(local) == 6
+    index.unlink()
+    shard_pairs = []
+    for number in range(1, 5):
+        records, path = run_build(build, shard=Shard(number, 4), convert=_stub_convert)
+        shard_pairs.append(records)
+        data = json.loads(path.read_text())
+        assert path.name == f"index.shard-{number}-of-4.json" and data["shard"] == f"{number}/4"
+        assert data["pairs_total"] == 6 and data["pairs"] == records
+        assert data["pair_numbers"] == list(range(number, 7, 4))
+    assert not (build.out / "index.json").exists()  # a shard is not the whole build
+    assert [r["profile"] for r in shard_pairs[0]] == ["x86-64-avx2", "raspberry-pi-5"]
+    assert shard_pairs[3] == [local[3]]
+    merged, path = merge_shards(build)
+    assert path == build.out / "index.json" and merged == local
+    assert json.loads(path.read_text()) == {"format_version": 1, "pairs": local}
+    assert build_exit_code(merged) == 4
+
+    # The command line: the same merge, the build's exit code and --json.
+    source = tmp_path / "build.yaml"
+    source.write_text(yaml.safe_dump(build.model_dump(mode="json")))
+    result = run_cli("build", str(source), "--merge", "--json")
+    assert result.returncode == 4, result.stderr
+    assert json.loads(result.stdout)["pairs"] == local
+    assert "0/6 pairs shipped" in result.stderr
+
+
+def test_merge_refuses_what_is_not_one_whole_split(tmp_path: Path) -> None:
+    from edgeport.build import Shard, merge_shards
+
+    build = _stub_build(tmp_path)
+    with pytest.raises(BadInputError, match=r"--merge: no shard indexes .* in "):
+        merge_shards(build)
+    run_build(build, shard=Shard(2, 3), convert=_stub_convert)
+    with pytest.raises(BadInputError, match=r"--merge: 2 of 3 shards missing in .*: 1/3, 3/3$"):
+        merge_shards(build)
+    for number in (1, 3):
+        run_build(build, shard=Shard(number, 3), convert=_stub_convert)
+    merge_shards(build)  # the whole split
+    other = build.model_copy(update={"objective": "size"})
+    with pytest.raises(BadInputError, match=r"index\.shard-1-of-3\.json is from another build"):
+        merge_shards(other)
+    run_build(build, shard=Shard(1, 2), convert=_stub_convert)  # a stale split beside it
+    with pytest.raises(BadInputError, match=r"several splits \(2 shards, 3 shards\)"):
+        merge_shards(build)
+    (build.out / "index.shard-1-of-2.json").unlink()
+    (build.out / "index.shard-3-of-3.json").write_text("{}")
+    with pytest.raises(BadInputError, match=r"index\.shard-3-of-3\.json: not a shard index"):
+        merge_shards(build)
+    result = run_cli("build", str(EXAMPLE), "--merge", "--shard", "1/2", "--force")
+    assert result.returncode == 2
+    assert _one_line(result.stderr) == "error: --merge converts nothing: drop --shard, --force"
+
+
+def _archive_members(archive: Path) -> dict[str, str]:
+    """sha256 of every stable file in an archive (the manifest's reproducibility list)."""
+    import hashlib
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        manifest_file = tar.extractfile("manifest.json")
+        assert manifest_file is not None
+        stable = json.load(manifest_file)["reproducibility"]["stable_files"]
+        digests = {}
+        for name in stable:
+            member = tar.extractfile(name)
+            assert member is not None, name
+            digests[name] = hashlib.sha256(member.read()).hexdigest()
+    return digests
+
+
+def assert_same_bundles(expected: list[dict[str, Any]], actual: list[dict[str, Any]]) -> None:
+    """Two builds' records name the same pairs, verdicts and content_sha256, and their
+    archives hold the same stable files. archive_sha256 differs: an archive also holds the
+    volatile files (report.md, the manifest's timings), which differ from run to run."""
+    assert len(expected) == len(actual)
+    for want, got in zip(expected, actual, strict=True):
+        for key in ("bundle", "archive"):
+            assert (want[key] is None) == (got[key] is None)
+            if want[key] is not None:
+                assert Path(want[key]).name == Path(got[key]).name
+                assert Path(want[key]) != Path(got[key])  # two builds, two folders
+        skip = {"bundle", "archive", "archive_sha256"}
+        assert {k: v for k, v in want.items() if k not in skip} == {
+            k: v for k, v in got.items() if k not in skip
+        }
+        if want["archive"] is not None:
+            assert want["content_sha256"]
+            assert _archive_members(Path(want["archive"])) == _archive_members(Path(got["archive"]))
+
+
+def tiny_two_profiles(model: Path, out: Path) -> BuildFile:
+    """One tiny model on two profiles, with one recipe: the chosen recipe cannot depend on
+    timings, so two builds must ship the same bundles."""
+    return BuildFile(
+        models=[ModelEntry(id=str(model), recipes=["onnx-fp32"], name="tiny")],
+        profiles=["x86-64-avx2", "raspberry-pi-5"],
+        out=out,
+    )
+
+
+def test_shards_build_the_same_bundles_as_a_local_build(tiny_bert: Path, tmp_path: Path) -> None:
+    from edgeport.build import Shard, merge_shards
+
+    with warnings.catch_warnings():  # torch's tracer warns during export, in-process here
+        warnings.simplefilter("ignore")
+        local, _ = run_build(tiny_two_profiles(tiny_bert, tmp_path / "local"))
+        sharded = tiny_two_profiles(tiny_bert, tmp_path / "sharded")
+        first, _ = run_build(sharded, shard=Shard(1, 2))
+        second, _ = run_build(sharded, shard=Shard(2, 2))
+    assert [r["profile"] for r in first + second] == ["x86-64-avx2", "raspberry-pi-5"]
+    assert [r["exit_code"] for r in local] == [0, 0]
+    merged, _ = merge_shards(sharded)
+    assert merged == first + second
+    assert_same_bundles(local, merged)
+    assert not (tmp_path / "sharded" / ".export-cache").exists()

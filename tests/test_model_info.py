@@ -143,3 +143,9 @@ def test_onnx_model_types_read_from_source_match_optimums_table() -> None:
 
     table = {name for name, e in TasksManager._SUPPORTED_MODEL_TYPE.items() if "onnx" in e}
     assert table <= onnx_model_types()
+
+
+def test_the_model_types_read_from_source_are_transformers_own_table() -> None:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    assert transformers_model_types() == frozenset(CONFIG_MAPPING_NAMES)

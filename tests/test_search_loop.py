@@ -23,6 +23,7 @@ from edgeport.backends import Artifact, get_backend
 from edgeport.errors import UnsupportedError
 from edgeport.evaluation import (
     CandidateEvaluator,
+    Measure,
     SearchOutcome,
     part_fallbacks,
     search_candidates,
@@ -55,6 +56,9 @@ class RecordingProgress:
 
     def info(self, message: str) -> None:
         self.lines.append(message)
+
+    def candidate(self, index: int, total: int, name: str) -> None:
+        self.lines.append(f"candidate {index}/{total} {name}")
 
 
 class TickingClock:
@@ -105,6 +109,7 @@ def _search(
     budget_s: float = 1e9,
     accept_degraded: bool = False,
     clock: TickingClock | None = None,
+    measure: Measure = measure_in_process,
 ) -> tuple[SearchOutcome, RecordingProgress]:
     progress = RecordingProgress()
     evaluator = CandidateEvaluator(
@@ -118,7 +123,7 @@ def _search(
         progress,
         family=FakeFamily(),  # type: ignore[arg-type]  # the one method the evaluator calls
         baseline=TARGET,
-        measure=measure_in_process,
+        measure=measure,
     )
     outcome = search_candidates(
         candidates,
@@ -222,6 +227,35 @@ def test_all_failed_ships_nothing_unless_degradation_is_accepted(
     # The most accurate of the failed ones, not the fastest.
     assert accepted.chosen is not None and accepted.chosen.recipe_id == "better"
     assert accepted.chosen.detail == "embedding_cosine_min 0.9800 < 0.99"
+    # A failed candidate's speed decides nothing, so it is not timed; the one that ships
+    # degraded is, like any shipped candidate.
+    assert refused.attempts[0].measurement is None and refused.attempts[1].measurement is None
+    assert accepted.chosen.measurement is not None
+    assert accepted.chosen.latency_ratio == 5.0 / BASELINE_MS
+    assert accepted.attempts[1] is accepted.chosen
+
+
+def test_only_contenders_are_confirmed_and_rounds_stop_once_the_lead_is_clear(
+    tmp_path: Path, script: dict[str, Scripted]
+) -> None:
+    timed: list[str] = []
+
+    def counting(artifact: Artifact, *args: object) -> object:
+        timed.append(artifact.directory.name)
+        return measure_in_process(artifact, *args)  # type: ignore[arg-type]
+
+    script["fastest"] = Scripted(accuracy=0.999, latency_ms=4.0)
+    script["close"] = Scripted(accuracy=0.999, latency_ms=4.4)  # within 15 %: a contender
+    script["far"] = Scripted(accuracy=0.999, latency_ms=8.0)  # twice as slow: no chance
+    candidates = [_candidate("far", 1.3), _candidate("close", 1.2), _candidate("fastest", 2.0)]
+    outcome, _ = _search(tmp_path, candidates, measure=counting)  # type: ignore[arg-type]
+    assert outcome.chosen is not None and outcome.chosen.recipe_id == "fastest"
+    # Noise-free timings: one paired round settles it, and "far" is never re-measured.
+    assert {name: timed.count(name) for name in set(timed) - {"fake"}} == {
+        "far|": 1,
+        "close|": 2,
+        "fastest|": 2,
+    }
 
 
 def test_every_candidate_erroring_is_unsupported_naming_each_error(
@@ -263,3 +297,38 @@ def test_a_multi_part_model_falls_back_one_part_at_a_time_smallest_first(
     one = Artifact(tmp_path, "", (), (), (), parts=(encoder, float_decoder))
     assert part_fallbacks(one) == []
     assert part_fallbacks(encoder) == []
+
+
+def test_the_progress_line_counts_candidates_and_estimates_what_remains() -> None:
+    from edgeport.progress import SearchClock
+
+    now = [100.0]
+    clock = SearchClock(lambda: now[0])
+    clock.candidate(1, 4, "openvino-int8-static")
+    clock.step = "building"
+    now[0] = 130.0
+    assert clock.line() == (
+        "candidate 1/4: openvino-int8-static | building | 0:30 elapsed | time left not known yet"
+    )
+    clock.candidate(2, 4, "onnx-int8-dynamic")  # the first took 30 s
+    now[0] = 140.0
+    # 20 s left of this one at the mean pace, then two more of 30 s each.
+    assert clock.line() == "candidate 2/4: onnx-int8-dynamic | 0:40 elapsed | ~1:20 left"
+
+
+def test_without_a_terminal_each_candidate_is_one_plain_line() -> None:
+    import io
+
+    from rich.console import Console
+
+    from edgeport.progress import ConsoleProgress
+
+    stream = io.StringIO()
+    with ConsoleProgress(Console(file=stream, force_terminal=False, width=200)) as progress:
+        progress.stage("[1/2] onnx-fp32: baseline")
+        progress.candidate(1, 2, "onnx-fp32")
+        progress.info("onnx-fp32: validating against PyTorch")
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "==> [1/2] onnx-fp32: baseline"
+    assert lines[1].startswith("    candidate 1/2: onnx-fp32 | 0:00 elapsed")
+    assert lines[2] == "    onnx-fp32: validating against PyTorch"

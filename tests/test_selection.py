@@ -12,7 +12,15 @@ from test_search import CATALOG, _attempt, _candidate
 from edgeport.errors import BadInputError
 from edgeport.host import HOST_FEATURES_ENV, probe_cpu
 from edgeport.schemas import CpuSpec
-from edgeport.selection import SpeedBasis, choose, host_gap, prune_reason, speed_basis
+from edgeport.selection import (
+    SpeedBasis,
+    choose,
+    contender_keys,
+    host_gap,
+    lead_is_clear,
+    prune_reason,
+    speed_basis,
+)
 
 VNNI_PROFILE = CATALOG.profile("x86-64-avx512-vnni")
 AVX2_ONLY = ["sse4_2", "avx", "avx2", "fma", "f16c"]
@@ -106,3 +114,19 @@ def test_size_objective_takes_the_faster_of_two_near_equal_sizes() -> None:
     big_fast = _attempt("onnx-fp32", "passed", ratio=0.2, cosine=1.0, size=400 << 20)
     assert choose([small_slow, small_fast, big_fast], "size") is small_fast
     assert choose([small_slow, big_fast], "size") is small_slow
+
+
+def test_contenders_are_the_passing_attempts_within_the_noise_of_the_best() -> None:
+    attempts = [
+        _attempt("best", "passed", ratio=0.30, cosine=0.995),
+        _attempt("close", "passed", ratio=0.33, cosine=0.995),
+        _attempt("slow", "passed", ratio=0.60, cosine=0.995),
+        _attempt("fails", "failed", ratio=0.20, cosine=0.95),
+    ]
+    assert contender_keys(attempts) == ["best|", "close|"]
+
+
+def test_the_lead_is_clear_only_when_no_round_overlaps() -> None:
+    assert lead_is_clear({"a": [0.30, 0.31], "b": [0.35, 0.36]})
+    assert not lead_is_clear({"a": [0.30, 0.37], "b": [0.35, 0.36]})
+    assert lead_is_clear({"a": [0.30]})

@@ -23,6 +23,7 @@ from edgeport.backends.openvino_decoder import (
     calibration_items,
     is_stateful_decoder,
 )
+from edgeport.backends.openvino_ir import save_ir
 from edgeport.backends.openvino_padding import remove_padding
 from edgeport.backends.padding import EXACT, QUANTISED, Agreement, remove_padding_checked
 from edgeport.backends.weight_only import MIN_GROUP_SIZE, choose_group_size, search_patterns
@@ -202,7 +203,6 @@ def _remove_padding(
     passed a graph that ran at cosine 0 on an AVX2 host (see
     docs/research/padding-removal-isa.md).
     """
-    import openvino as ov
 
     from edgeport.host import available_cores
 
@@ -211,7 +211,7 @@ def _remove_padding(
     def rewrite(path: Path) -> Path:
         unpadded = remove_padding(_core().read_model(str(path)))
         staging.mkdir(parents=True, exist_ok=True)
-        ov.save_model(unpadded, str(staging / MODEL_FILE), compress_to_fp16=fp16)
+        save_ir(unpadded, staging / MODEL_FILE, compress_to_fp16=fp16)
         return staging / MODEL_FILE
 
     def compile_graph(path: Path) -> Callable[[Feeds], list[np.ndarray]]:
@@ -304,7 +304,6 @@ class OpenVinoBackend:
     def _convert_tokenizer(model: ModelInfo, out: Path, *, trust_remote_code: bool) -> str:
         """Tokenizer as OpenVINO IR for the runner; returns a note when it cannot be done."""
         try:
-            import openvino as ov
             from openvino_tokenizers import convert_tokenizer
             from transformers import AutoTokenizer
 
@@ -313,12 +312,12 @@ class OpenVinoBackend:
             )
             if family_of(model).decodes:  # run.py streams text: it needs the detokenizer too
                 tokenizer, detokenizer = convert_tokenizer(hf_tokenizer, with_detokenizer=True)
-                ov.save_model(detokenizer, str(out / DETOKENIZER_FILES[0]))
+                save_ir(detokenizer, out / DETOKENIZER_FILES[0])
             else:
                 tokenizer = convert_tokenizer(
                     hf_tokenizer, with_detokenizer=False, max_length=model.max_length
                 )
-            ov.save_model(tokenizer, str(out / TOKENIZER_FILES[0]))
+            save_ir(tokenizer, out / TOKENIZER_FILES[0])
         except Exception as exc:  # any converter gap: the runner falls back to `tokenizers`
             return (
                 f"tokenizer not converted to OpenVINO IR ({type(exc).__name__}: {exc}); "
@@ -334,7 +333,6 @@ class OpenVinoBackend:
         calibration: Sequence[Feeds],
         workdir: Path,
     ) -> Artifact:
-        import openvino as ov
 
         quantization = candidate.recipe.quantize
         notes: list[str] = []
@@ -363,27 +361,35 @@ class OpenVinoBackend:
                 result, note = self._compress_int4(ir, quantization, calibration)
                 notes += [note] if note else []
             elif scheme == "int8-static":
-                graph = ir.clone()  # the copy with explicit weight quantisers starts here too
                 transformer = quantization.model_type == "transformer" or (
                     quantization.model_type == "auto" and bool(model.dims.num_attention_heads)
                 )
+                ranked = quantization.mixed_precision and not excluded
                 result = self._quantize_static(
-                    ir, quantization, calibration, exported.input_names, transformer=transformer
+                    ir,
+                    quantization,
+                    calibration,
+                    exported.input_names,
+                    fold_weights=not ranked,
+                    transformer=transformer,
                 )
-                if quantization.mixed_precision and not excluded:
-                    _QUANTIZED_IN_MEMORY[str(out / model_file)] = self._quantize_static(
-                        graph,
-                        quantization,
-                        calibration,
-                        exported.input_names,
-                        fold_weights=False,
-                        transformer=transformer,
+                if ranked:
+                    # One NNCF run, not two: the sensitivity ranking keeps this graph with
+                    # its weight quantisers explicit, and the shipped graph is the same one
+                    # with them folded into int8 constants, which is exactly what NNCF's
+                    # own fold does after quantising (compress_quantize_weights).
+                    from openvino._offline_transformations import (
+                        compress_quantize_weights_transformation,
                     )
+
+                    _QUANTIZED_IN_MEMORY[str(out / model_file)] = result
+                    result = result.clone()
+                    compress_quantize_weights_transformation(result)
                 if excluded:
                     notes.append(f"kept in float (weights and activations): {', '.join(excluded)}")
             else:
                 raise UnsupportedError(f"OpenVINO backend has no {scheme!r} quantisation")
-        ov.save_model(result, str(out / model_file), compress_to_fp16=scheme == "fp16")
+        save_ir(result, out / model_file, compress_to_fp16=scheme == "fp16")
         if unpad:
             # Padding goes last, from the model as it ships: NNCF statically quantises
             # per tensor and calibrates on single texts, so quantising first changes

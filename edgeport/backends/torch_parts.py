@@ -134,6 +134,8 @@ def export_openvino(model: Any, parts: Sequence[PartSource], out: Path) -> list[
     import openvino as ov
     import torch
 
+    from edgeport.backends.openvino_ir import save_ir
+
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for part in parts:
@@ -145,6 +147,6 @@ def export_openvino(model: Any, parts: Sequence[PartSource], out: Path) -> list[
         for port, name in zip(ir.inputs, part.input_names, strict=True):
             port.get_tensor().set_names({name})
         ir.outputs[0].get_tensor().set_names({part.output_name})
-        ov.save_model(ir, str(out / file), compress_to_fp16=False)
+        save_ir(ir, out / file)
         files.append(file)
     return files

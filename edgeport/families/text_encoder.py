@@ -48,6 +48,7 @@ class TextEncoder(TokenizedText):
     default_objective: Objective = "latency"
     validation_batch = 16
     bench_batch = 32
+    search_batch = 8
 
     def prepare(
         self,
@@ -79,9 +80,13 @@ class TextEncoder(TokenizedText):
             ),
         )
         calibration = [encoder.encode([text]) for text in samples.calibration]
+        # The mixed-precision search validates one variant per quantised node on these:
+        # a few padded batches cost a few runs per variant instead of one per text, and
+        # static quantisation scales do not depend on the batch.
+        search_batches = encoder.batches(list(samples.calibration), self.search_batch)
         search = Evaluation(
-            batches=calibration,
-            reference=[reference.run(batch, exported.output_names) for batch in calibration],
+            batches=search_batches,
+            reference=[reference.run(batch, exported.output_names) for batch in search_batches],
             output_names=tuple(exported.output_names),
             calibration_samples=len(samples.calibration),
             validation_samples=0,

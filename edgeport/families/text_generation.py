@@ -194,14 +194,12 @@ class TextGeneration(TokenizedText):
     ) -> float:
         """The KV cache at the profile's context (kv_cache_bytes per element: the
         target's), the logits, and a window's states."""
+        from edgeport.model_shape import kv_cache_elements
+
         dims = model.dims
         hidden = dims.hidden_size or 768
-        heads = dims.num_attention_heads or 12
-        layers = dims.num_layers or 12
-        kv_heads = dims.num_key_value_heads or heads
-        head_dim = dims.head_dim or hidden // heads
         context = min(profile.context_length, dims.max_positions or profile.context_length)
-        kv_cache = 2 * layers * kv_heads * head_dim * context * kv_cache_bytes
+        kv_cache = kv_cache_elements(dims, context) * kv_cache_bytes
         logits = (dims.vocab_size or 32000) * 4 * 2
         return (kv_cache + logits + context * hidden * 4 * 8) / MIB
 
