@@ -460,16 +460,17 @@ def build_command(
         from edgeport.build_ray import RayCluster
 
         inventory = load_devices_file(devices) if devices is not None else None
-        records, index = run_build(
-            build,
-            catalog=_catalog(profiles_dir, recipes_dir, calibrations_dir),
-            progress=console_progress(),
-            force=force,
-            devices=inventory,
-            shard=selected,
-            export_cache=export_cache,
-            ray=RayCluster(ray_address) if ray or ray_address is not None else None,
-        )
+        with console_progress() as progress:
+            records, index = run_build(
+                build,
+                catalog=_catalog(profiles_dir, recipes_dir, calibrations_dir),
+                progress=progress,
+                force=force,
+                devices=inventory,
+                shard=selected,
+                export_cache=export_cache,
+                ray=RayCluster(ray_address) if ray or ray_address is not None else None,
+            )
     failed = [r for r in records if r["exit_code"] != 0]
     shipped = len(records) - len(failed)
     what = f"shard {selected}: " if selected is not None else ""
