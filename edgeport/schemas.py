@@ -1134,7 +1134,8 @@ class Reproducibility(StrictModel):
 class Manifest(StrictModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-    format_version: int = 1
+    # 2: the search record (attempts) is volatile; 1: only its timings were.
+    format_version: int = 2
     edgeport_version: str
     created_by: str = "edgeport"
     model: dict[str, str | int | None]

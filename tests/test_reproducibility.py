@@ -94,3 +94,27 @@ def test_note_is_computed_over_the_manifest_as_written(twice: tuple[Path, Path])
     volatile = {v["path"] for v in note["volatile"]}
     assert note["content_sha256"] == content_digest(entries, volatile, note["manifest_sha256"])
     assert {REPORT, TRADEOFF_IMAGE} <= volatile and "model.onnx" in note["stable_files"]
+
+
+def _sealed(manifest: dict[str, object]) -> dict[str, object]:
+    """`manifest` with the digests recorded as its own format's edgeport records them."""
+    digest = ondevice.manifest_digest(manifest)
+    content = ondevice.content_digest(manifest["files"], digest)  # type: ignore[arg-type]
+    return {**manifest, "reproducibility": {"manifest_sha256": digest, "content_sha256": content}}
+
+
+def test_bundles_of_the_first_manifest_format_still_verify(twice: tuple[Path, Path]) -> None:
+    """Format 1 hashed the search record (attempts) less its timings; a bundle written then
+    must not read as tampered with now that attempts are volatile as a whole."""
+    manifest = json.loads((twice[0] / MANIFEST).read_text(encoding="utf-8"))
+    assert manifest["format_version"] == 2
+    assert ondevice.check_manifest(manifest)["failures"] == []
+
+    old = _sealed({**manifest, "format_version": 1})  # as edgeport wrote format 1
+    assert ondevice.check_manifest(old)["failures"] == []
+    # Its attempts are still protected as they were then...
+    edited = json.loads(json.dumps(old))
+    edited["attempts"][0]["detail"] += " (edited)"
+    assert ondevice.check_manifest(edited)["failures"]
+    # ...and a current manifest cannot claim the old format to change what is hashed.
+    assert ondevice.check_manifest({**manifest, "format_version": 1})["failures"]

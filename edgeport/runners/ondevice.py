@@ -58,6 +58,20 @@ VOLATILE_FIELDS = (
     "metrics.tokens_per_s",
     "metrics.time_to_first_token_ms",
 )
+# Manifests of format 1 (edgeport before the search record became volatile) are hashed
+# with the list they were written with, so bundles made then still verify.
+VOLATILE_FIELDS_FORMAT_1 = (
+    "attempts[].duration_s",
+    "attempts[].measurement.latency_ms",
+    "attempts[].measurement.latency_p90_ms",
+    "attempts[].measurement.peak_memory_mb",
+    "attempts[].measurement.tokens_per_s",
+    "attempts[].measurement.time_to_first_token_ms",
+    "attempts[].latency_ratio",
+    "metrics.latency_ratio_vs_fp32",
+    "metrics.tokens_per_s",
+    "metrics.time_to_first_token_ms",
+)
 # content_sha256 hashes one "path sha256" line per stable file, then this line's digest.
 MANIFEST_LINE = f"{MANIFEST}#stable"
 
@@ -198,7 +212,9 @@ def stable_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
     section (it holds the digests), timing fields and the entries of volatile files."""
     stable = copy.deepcopy(dict(manifest))
     stable.pop("reproducibility", None)
-    for field in VOLATILE_FIELDS:
+    # format_version is itself hashed: changing it to pick the narrower list fails the check.
+    volatile = VOLATILE_FIELDS_FORMAT_1 if manifest.get("format_version") == 1 else VOLATILE_FIELDS
+    for field in volatile:
         _drop_field(stable, field.split("."))
     if isinstance(stable.get("files"), list):
         stable["files"] = [
