@@ -62,7 +62,21 @@ class RayCluster:
     address: str | None = None
 
     def check(self, build: BuildFile, devices: DeviceInventory | None) -> None:
-        check_ray_build(build, devices)
+        """What a local build allows and a Ray build cannot do faithfully; BadInputError."""
+        from edgeport.catalog import HOST_PROFILE_ID
+
+        if HOST_PROFILE_ID in build.profiles:
+            number = build.profiles.index(HOST_PROFILE_ID)
+            raise BadInputError(
+                f"profiles.{number}: `host` would be whichever Ray node runs the pair; give its "
+                "profile file instead (`edgeport profiles detect > node.yaml` on a node)"
+            )
+        if devices is not None:
+            raise BadInputError(
+                "--devices with --ray: pairs running side by side would measure on the same "
+                "devices at once; build with --ray, then `edgeport verify ARCHIVE --on ...`, "
+                "or build without --ray"
+            )
 
     def run(
         self,
@@ -76,17 +90,46 @@ class RayCluster:
         convert: Callable[..., Any] | None,
         progress: Progress,
     ) -> list[dict[str, Any]]:
-        return run_on_ray(
-            build,
-            numbered,
-            total,
-            cluster=self,
-            catalog=catalog,
-            export_cache=export_cache,
-            force=force,
-            convert=convert,
-            progress=progress,
-        )
+        """The records of the `numbered` pairs (number in the file, model, profile), in that
+        order, each built by one Ray task."""
+        try:
+            import ray
+        except ModuleNotFoundError as exc:
+            from edgeport.dependencies import install_hint
+
+            raise UnsupportedError(f"--ray {install_hint(exc.name or 'ray')}") from exc
+
+        started = not ray.is_initialized()
+        if started:
+            _init(ray, self)
+        pending: dict[Any, tuple[int, ModelEntry, str]] = {}
+        try:
+            nodes = _nodes(ray)
+            task = ray.remote(_pair_task)
+            catalog_ref = ray.put(catalog)
+            cwd = str(Path.cwd())
+            for number, model, profile in numbered:
+                resources = pair_resources(build, model, profile, catalog, nodes)
+                ref = task.options(
+                    num_cpus=resources.num_cpus,
+                    memory=int(resources.memory_mb * MIB),
+                    max_retries=MAX_RETRIES,
+                    retry_exceptions=False,
+                    name=f"edgeport-build:{model.bundle_prefix}-{Path(profile).stem}",
+                ).remote(cwd, build, model, profile, catalog_ref, export_cache, force, convert)
+                pending[ref] = (number, model, profile)
+                progress.stage(
+                    f"[pair {number}/{total}] {model.id} on {profile}: "
+                    f"Ray task ({resources.describe()})"
+                )
+            return _gather(ray, pending, progress, [number for number, _, _ in numbered])
+        except BaseException:
+            for ref in pending:  # an interrupted build leaves no conversions behind
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            if started:
+                ray.shutdown()
 
 
 @dataclass(frozen=True)
@@ -98,24 +141,6 @@ class Resources:
     def describe(self) -> str:
         cpus = f"{self.num_cpus} CPU" + ("s" if self.num_cpus != 1 else "")
         return f"{cpus}, {self.memory_mb:,.0f} MB" + (f"; {self.note}" if self.note else "")
-
-
-def check_ray_build(build: BuildFile, devices: DeviceInventory | None) -> None:
-    """What a local build allows and a Ray build cannot do faithfully; BadInputError."""
-    from edgeport.catalog import HOST_PROFILE_ID
-
-    if HOST_PROFILE_ID in build.profiles:
-        number = build.profiles.index(HOST_PROFILE_ID)
-        raise BadInputError(
-            f"profiles.{number}: `host` would be whichever Ray node runs the pair; give its "
-            "profile file instead (`edgeport profiles detect > node.yaml` on a node)"
-        )
-    if devices is not None:
-        raise BadInputError(
-            "--devices with --ray: pairs running side by side would measure on the same "
-            "devices at once; build with --ray, then `edgeport verify ARCHIVE --on ...`, "
-            "or build without --ray"
-        )
 
 
 def conversion_memory_mb(plan: Plan) -> float:
@@ -245,60 +270,6 @@ def _init(ray: Any, cluster: RayCluster) -> None:
         where = cluster.address or os.environ.get("RAY_ADDRESS") or "a local Ray instance"
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise EdgeportError(f"--ray: cannot start or reach {where}: {first.strip()}") from exc
-
-
-def run_on_ray(
-    build: BuildFile,
-    numbered: Sequence[tuple[int, ModelEntry, str]],
-    total: int,
-    *,
-    cluster: RayCluster,
-    catalog: Catalog,
-    export_cache: Path,
-    force: bool,
-    convert: Callable[..., Any] | None,
-    progress: Progress,
-) -> list[dict[str, Any]]:
-    """The records of the `numbered` pairs (number in the file, model, profile), in that
-    order, each built by one Ray task."""
-    try:
-        import ray
-    except ModuleNotFoundError as exc:
-        from edgeport.dependencies import install_hint
-
-        raise UnsupportedError(f"--ray {install_hint(exc.name or 'ray')}") from exc
-
-    started = not ray.is_initialized()
-    if started:
-        _init(ray, cluster)
-    pending: dict[Any, tuple[int, ModelEntry, str]] = {}
-    try:
-        nodes = _nodes(ray)
-        task = ray.remote(_pair_task)
-        catalog_ref = ray.put(catalog)
-        cwd = str(Path.cwd())
-        for number, model, profile in numbered:
-            resources = pair_resources(build, model, profile, catalog, nodes)
-            ref = task.options(
-                num_cpus=resources.num_cpus,
-                memory=int(resources.memory_mb * MIB),
-                max_retries=MAX_RETRIES,
-                retry_exceptions=False,
-                name=f"edgeport-build:{model.bundle_prefix}-{Path(profile).stem}",
-            ).remote(cwd, build, model, profile, catalog_ref, export_cache, force, convert)
-            pending[ref] = (number, model, profile)
-            progress.stage(
-                f"[pair {number}/{total}] {model.id} on {profile}: "
-                f"Ray task ({resources.describe()})"
-            )
-        return _gather(ray, pending, progress, [number for number, _, _ in numbered])
-    except BaseException:
-        for ref in pending:  # an interrupted build leaves no conversions behind
-            ray.cancel(ref, force=True)
-        raise
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _gather(
