@@ -332,3 +332,16 @@ def test_saved_ir_does_not_depend_on_what_the_process_built_before(tmp_path: Pat
     second = (tmp_path / "second.xml").read_text().replace("second", "")
     assert first == second
     assert (tmp_path / "first.bin").read_bytes() == (tmp_path / "second.bin").read_bytes()
+
+
+def test_host_checks_bound_the_kernel_caches_and_bundles_keep_openvinos_defaults() -> None:
+    """Validation runs a model on a hundred shapes; OpenVINO would keep every shape's
+    kernels (~3 MB each for MiniLM). The bundle's runner is not limited."""
+    import os
+
+    from edgeport.backends import openvino as backend
+    from edgeport.runners import ondevice
+
+    assert backend.compile_config("CPU", 2)["CPU_RUNTIME_CACHE_CAPACITY"] > 0
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]  # set before any compile
+    assert "CPU_RUNTIME_CACHE_CAPACITY" not in ondevice.openvino_config("CPU", 2)

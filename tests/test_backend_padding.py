@@ -240,3 +240,34 @@ def test_dynamic_quantisation_is_compared_on_texts_alone() -> None:
     assert chosen is other_scales_in_batches and "padded batches" not in note, note
     assert run(other_scales_in_batches, QUANTISED)[0] is padded_model
     assert run(lambda feeds: [0 * v for v in padded_model(feeds)], DYNAMIC)[0] is padded_model
+
+
+def test_the_two_graphs_are_never_compiled_at_the_same_time() -> None:
+    """A compiled model holds the runtime's buffers for the widest batch it ran: the
+    padded twin's is released before the unpadded graph is compiled (conversion memory)."""
+    import gc
+    import weakref
+
+    class Compiled:
+        def __init__(self, graph: Graph) -> None:
+            self.graph = graph
+
+        def __call__(self, feeds: Feeds) -> Sequence[np.ndarray]:
+            return self.graph(feeds)
+
+    alive: list[weakref.ref[Compiled]] = []
+    most_alive = 0
+
+    def compile_counted(graph: Graph) -> Callable[[Feeds], Sequence[np.ndarray]]:
+        nonlocal most_alive
+        gc.collect()
+        compiled = Compiled(graph)
+        alive.append(weakref.ref(compiled))
+        most_alive = max(most_alive, sum(ref() is not None for ref in alive))
+        return compiled
+
+    chosen, note = remove_padding_checked(
+        padded_model, lambda _: unpadded_model, compile_counted, CALIBRATION, MAX_LENGTH
+    )
+    assert chosen is unpadded_model, note
+    assert most_alive == 1
