@@ -396,6 +396,8 @@ class OpenVinoBackend:
                         compress_quantize_weights_transformation,
                     )
 
+                    # Only the newest build can be ranked next: one graph is kept.
+                    _QUANTIZED_IN_MEMORY.clear()
                     _QUANTIZED_IN_MEMORY[str(out / model_file)] = result
                     result = result.clone()
                     compress_quantize_weights_transformation(result)
@@ -450,7 +452,7 @@ class OpenVinoBackend:
         takes these names, and the next build leaves them entirely in float.
         """
         core = _core()
-        in_memory = _QUANTIZED_IN_MEMORY.get(str(artifact.model_path))
+        in_memory = _QUANTIZED_IN_MEMORY.pop(str(artifact.model_path), None)  # ranked once
 
         def fresh() -> Any:
             return (
