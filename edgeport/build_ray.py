@@ -21,7 +21,8 @@ out/.export-cache, removed when the build ends), model folders, profile files an
 samples file must be on storage every node shares; the catalogue travels with the tasks.
 A task that raises past build_pair, or whose worker dies (killed, out of memory, its
 node lost), becomes that pair's record with exit code 1; a dead worker's task is retried
-once first (MAX_RETRIES). The other pairs' bundles are kept either way.
+once first (MAX_RETRIES), replacing the bundle the dead worker may have written. The
+other pairs' bundles are kept either way.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class RayCluster:
 
             raise UnsupportedError(f"--ray {install_hint(exc.name or 'ray')}") from exc
 
+        from edgeport.build import bundle_folder
+
         started = not ray.is_initialized()
         if started:
             _init(ray, self)
@@ -110,13 +113,17 @@ class RayCluster:
             cwd = str(Path.cwd())
             for number, model, profile in numbered:
                 resources = pair_resources(build, model, profile, catalog, nodes)
+                # A worker that dies after writing the pair's bundle leaves it behind, and
+                # its retry would refuse it as an existing destination. A folder absent now
+                # can only be this task's own: its retry may replace it.
+                replace = force or not bundle_folder(build, model, profile).exists()
                 ref = task.options(
                     num_cpus=resources.num_cpus,
                     memory=int(resources.memory_mb * MIB),
                     max_retries=MAX_RETRIES,
                     retry_exceptions=False,
                     name=f"edgeport-build:{model.bundle_prefix}-{Path(profile).stem}",
-                ).remote(cwd, build, model, profile, catalog_ref, export_cache, force, convert)
+                ).remote(cwd, build, model, profile, catalog_ref, export_cache, replace, convert)
                 pending[ref] = (number, model, profile)
                 progress.stage(
                     f"[pair {number}/{total}] {model.id} on {profile}: "

@@ -133,6 +133,35 @@ def test_a_failed_pair_and_a_dead_worker_lose_no_other_bundle(
     assert json.loads(index.read_text())["pairs"] == records
 
 
+def test_a_worker_that_dies_after_writing_its_bundle_is_retried_without_force(
+    ray_cluster: None, tiny_bert: Path, tmp_path: Path
+) -> None:
+    """The retry finds the dead worker's complete bundle; it replaces it rather than
+    refusing it as an existing destination."""
+    import os
+
+    from edgeport.pipeline import convert as pipeline_convert
+
+    died = tmp_path / "died-once"
+
+    def dies_after_the_bundle(request: Any, progress: Any) -> Any:
+        result = pipeline_convert(request, progress)
+        if not died.exists():
+            died.write_text("")
+            os._exit(3)  # killed between writing the bundle and archiving it
+        return result
+
+    build = BuildFile(
+        models=[ModelEntry(id=str(tiny_bert), recipes=["onnx-fp32"], name="tiny")],
+        profiles=["x86-64-avx2"],
+        out=tmp_path / "out",
+    )
+    (record,), _ = _quietly(build, ray=RayCluster(), convert=dies_after_the_bundle)
+    assert died.exists()
+    assert record["exit_code"] == 0, record
+    assert record["verify"] == "passed" and Path(record["archive"]).is_file()
+
+
 def test_pair_resources_come_from_the_plan(tiny_bert: Path, tmp_path: Path) -> None:
     catalog = load_catalog()
     build = tiny_two_profiles(tiny_bert, tmp_path / "out")
