@@ -43,6 +43,10 @@ With `--bundle RECIPE@PROFILE` (repeatable) it instead converts the model once p
     python scripts/benchmark_llm.py MODEL --bundle onnx-fp32@raspberry-pi-5 \
         --bundle onnx-int4-weight@raspberry-pi-5 --bundle openvino-int4-weight@intel-n100
 
+Without `--bundle` the pairs are every target's 4-bit bundle beside ONNX Runtime's fp32:
+onnx-int4-weight, both OpenVINO int4 recipes (grouped and per-channel scales) and, when
+llama-cpp-python is installed, gguf-q4_k_m.
+
 `--smollm2-shape` builds a randomly initialised model of SmolLM2-135M's shape (Llama, 30
 layers, hidden 576, tied embeddings, vocabulary 49152) in the work folder: speed depends
 on shapes, not on trained weights, and no download is needed. It prints prefill and decode
@@ -71,7 +75,10 @@ DEFAULT_BUNDLES = [
     "onnx-fp32@raspberry-pi-5",
     "onnx-int4-weight@raspberry-pi-5",
     "openvino-int4-weight@intel-n100",
+    "openvino-int4-weight-channel@intel-n100",
 ]
+# Every target's 4-bit bundle: llama.cpp's too, when llama-cpp-python is installed.
+LLAMA_CPP_BUNDLE = "gguf-q4_k_m@raspberry-pi-5"
 PROMPT = "The with statement is used to"
 SMOLLM2_135M = {  # HuggingFaceTB/SmolLM2-135M's config.json, shapes only
     "vocab_size": 49152,
@@ -505,23 +512,25 @@ def print_bundle_table(rows: list[dict[str, Any]]) -> None:
     )
     by_recipe = {row["recipe"]: row for row in rows}
     fp32 = by_recipe.get("onnx-fp32")
-    ort4, ov4 = by_recipe.get("onnx-int4-weight"), by_recipe.get("openvino-int4-weight")
     if fp32:
-        for int4 in (ort4, ov4):
-            if int4:
+        for int4 in rows:
+            if int4 is not fp32:
                 print(
                     f"{int4['recipe']}: {int4['speedup_paired']:.2f}x ONNX Runtime fp32's decode "
                     f"speed (rounds: {int4['speedup_runs']}), {int4['bytes'] / fp32['bytes']:.3f} "
                     "of its size"
                 )
-    if ort4 and ov4:
-        rounds = [
-            a / b for a, b in zip(ort4["tokens_per_s_runs"], ov4["tokens_per_s_runs"], strict=True)
-        ]
-        print(
-            f"onnx-int4-weight decodes at {statistics.median(rounds):.2f}x "
-            f"openvino-int4-weight's speed (rounds: {[round(x, 2) for x in rounds]})"
-        )
+    ort4 = by_recipe.get("onnx-int4-weight")
+    for ov4 in (by_recipe.get(r) for r in ("openvino-int4-weight", "openvino-int4-weight-channel")):
+        if ort4 and ov4:
+            rounds = [
+                a / b
+                for a, b in zip(ort4["tokens_per_s_runs"], ov4["tokens_per_s_runs"], strict=True)
+            ]
+            print(
+                f"onnx-int4-weight decodes at {statistics.median(rounds):.2f}x "
+                f"{ov4['recipe']}'s speed (rounds: {[round(x, 2) for x in rounds]})"
+            )
 
 
 def bundles_main(args: argparse.Namespace) -> int:
@@ -529,10 +538,14 @@ def bundles_main(args: argparse.Namespace) -> int:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         model = smollm2_shaped(work / "smollm2-135m-shaped") if args.smollm2_shape else args.model
-        bundles = [
-            convert_bundle(model, pair, work / pair.replace("@", "--"))
-            for pair in args.bundle or DEFAULT_BUNDLES
-        ]
+        pairs = args.bundle or DEFAULT_BUNDLES
+        if not args.bundle:
+            missing = "as --skip-llama-cpp asks" if args.skip_llama_cpp else llama_cpp_missing()
+            if missing:
+                print(f"llama.cpp row skipped: {missing}", file=sys.stderr)
+            else:
+                pairs = [*pairs, LLAMA_CPP_BUNDLE]
+        bundles = [convert_bundle(model, pair, work / pair.replace("@", "--")) for pair in pairs]
         rows = measure_bundles(bundles, args.prompt, args.max_new_tokens, args.threads, args.rounds)
     print(f"host: {host_cpu()}; {args.threads} threads")
     print(f"model: {'SmolLM2-135M shape, random weights' if args.smollm2_shape else args.model}")

@@ -247,6 +247,22 @@ def test_recipe_tensor_types_are_requantised_and_reported(llama: Path, tmp_path:
     assert error[out.name] < error[plain.name]  # more bits where the recipe asks: closer
 
 
+def test_a_recipe_type_the_rows_do_not_fit_takes_llama_cpps_fallback(
+    llama: Path, tmp_path: Path
+) -> None:
+    """SmolLM2's 576-wide rows do not fit Q6_K's 256-value blocks; nor do this model's 64:
+    llama.cpp's quantiser gives such a matrix Q8_0, and so does a recipe's type."""
+    source = tmp_path / "f32.gguf"
+    write_gguf(llama, source, "f32")
+    out = tmp_path / "q4_0.gguf"
+    quantize(source, out, "Q4_0", threads=2)
+    LlamaCppBackend._retype(source, out, {"attn_q": "Q6_K"}, {})
+    kinds = {name: kind for name, kind, _ in gguf_tensor_types(out)}
+    assert kinds["blk.0.attn_q.weight"] == "Q8_0"
+    logits = LlamaCppDecoderSession(out, threads=2).run({"input_ids": np.array([_ids()])})
+    assert np.isfinite(logits["logits"]).all()
+
+
 def test_gguf_recipes_name_their_type_and_only_gguf_recipes_do() -> None:
     from pydantic import ValidationError
 

@@ -187,7 +187,9 @@ def retype(
 ) -> list[str]:
     """Copy `quantised` to `out` with the tensors named in `types` re-quantised from their
     float values in `source` to the given ggml type (weighted by `importance` where the
-    type uses it); every other tensor and all metadata unchanged. The names changed."""
+    type uses it); every other tensor and all metadata unchanged. A type whose blocks the
+    rows do not fit (Q6_K for SmolLM2's 576-wide rows) becomes llama.cpp's own fallback
+    for it (FALLBACK_TYPES), as its quantiser does. The names changed."""
     import gguf
 
     reader = gguf.GGUFReader(str(quantised))
@@ -211,6 +213,12 @@ def retype(
                 )
                 continue
             rows = _float_rows(floats[tensor.name])
+            wanted = next(iter(fitting_types([wanted], rows.shape[1])), wanted)
+            if wanted == tensor.tensor_type.name:  # llama.cpp already wrote the fallback
+                writer.add_tensor(
+                    tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type
+                )
+                continue
             weights = (importance or {}).get(tensor.name)
             data = _quantize_rows(lib, wanted, rows, weights)
             writer.add_tensor(tensor.name, data, raw_dtype=gguf.GGMLQuantizationType[wanted])
