@@ -28,6 +28,11 @@ SIZE_BAND = 1.05
 # Latency: passing candidates whose first ratio is within this factor of the best one are
 # contenders, re-measured in paired rounds; the rest are slower than any noise we see.
 CONTENDER_BAND = 1.15
+# Latency, ranked by this host's timings: confirmed ratios within this factor of the best
+# one are a tie (a loaded host moved MiniLM's two best by 4 %, and flipped the winner of a
+# build between runs). A tie goes to the candidate the plan ranks first, i.e. the one the
+# device's estimates make fastest, so the same build ships the same bundle under load.
+LATENCY_TIE_BAND = 1.05
 
 # passed: the winner passed its tolerance; degraded: none did and the user accepted the
 # most accurate one anyway; failed: none did, nothing ships.
@@ -179,7 +184,13 @@ def choose(
         return min(near, key=lambda a: (_speed(a, basis), _size(a)))
     if objective == "accuracy":
         return max(passed, key=lambda a: (_accuracy(a), tuple(-x for x in _speed(a, basis))))
-    return min(passed, key=lambda a: _speed(a, basis))
+    fastest = min(passed, key=lambda a: _speed(a, basis))
+    if not basis.host_timings_rank:
+        return fastest
+    # `attempts` come in plan order (a variant right after its recipe): the first of the
+    # tied ones is the plan's pick.
+    limit = _speed(fastest, basis)[0] * LATENCY_TIE_BAND
+    return next(a for a in passed if _speed(a, basis)[0] <= limit)
 
 
 def best_failed(attempts: Sequence[Attempt]) -> Attempt | None:
