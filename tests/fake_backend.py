@@ -165,3 +165,19 @@ def measure_in_process(
         peak_memory_mb=1.0,
         model_bytes=artifact.model_bytes,
     )
+
+
+class RecordingProgress:
+    """A Progress that keeps every line it was told, for tests to read."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def stage(self, message: str) -> None:
+        self.lines.append(message)
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+    def candidate(self, index: int, total: int, name: str) -> None:
+        self.lines.append(f"candidate {index}/{total} {name}")

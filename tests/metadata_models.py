@@ -282,6 +282,25 @@ KIMI_K25_CONFIG: dict[str, Any] = {
 }
 
 
+def _vision_block(
+    p: str, names: tuple[str, str, str, str, str, str], tower: int, inner: int
+) -> Iterator[Tensor]:
+    """One pre-norm ViT block, weights and biases, under this checkpoint's names: the two
+    norms, fused qkv, attention output, MLP in and out (Kimi's MoonViT, Qwen3.5's tower)."""
+    norm_a, norm_b, qkv, proj, fc_in, fc_out = names
+    shapes = {
+        norm_a: (tower,),
+        norm_b: (tower,),
+        qkv: (3 * tower, tower),
+        proj: (tower, tower),
+        fc_in: (inner, tower),
+        fc_out: (tower, inner),
+    }
+    for name, shape in shapes.items():
+        yield p + f"{name}.weight", "BF16", shape
+        yield p + f"{name}.bias", "BF16", shape[:1]
+
+
 def _kimi_tensors(config: dict[str, Any]) -> Iterator[Tensor]:
     text, vision = config["text_config"], config["vision_config"]
     hidden, vocab, heads = text["hidden_size"], text["vocab_size"], text["num_attention_heads"]
@@ -327,18 +346,8 @@ def _kimi_tensors(config: dict[str, Any]) -> Iterator[Tensor]:
     yield "mm_projector.proj.2.bias", "BF16", (hidden,)
     inner = vision["vt_intermediate_size"]
     for b in range(vision["vt_num_hidden_layers"]):
-        p = f"vision_tower.encoder.blocks.{b}."
-        for norm in ("norm0", "norm1"):
-            yield p + f"{norm}.weight", "BF16", (tower,)
-            yield p + f"{norm}.bias", "BF16", (tower,)
-        yield p + "wqkv.weight", "BF16", (3 * tower, tower)
-        yield p + "wqkv.bias", "BF16", (3 * tower,)
-        yield p + "wo.weight", "BF16", (tower, tower)
-        yield p + "wo.bias", "BF16", (tower,)
-        yield p + "mlp.fc0.weight", "BF16", (inner, tower)
-        yield p + "mlp.fc0.bias", "BF16", (inner,)
-        yield p + "mlp.fc1.weight", "BF16", (tower, inner)
-        yield p + "mlp.fc1.bias", "BF16", (tower,)
+        names = ("norm0", "norm1", "wqkv", "wo", "mlp.fc0", "mlp.fc1")
+        yield from _vision_block(f"vision_tower.encoder.blocks.{b}.", names, tower, inner)
     yield "vision_tower.encoder.final_layernorm.weight", "BF16", (tower,)
     yield "vision_tower.encoder.final_layernorm.bias", "BF16", (tower,)
     patch = vision["patch_size"]
@@ -487,18 +496,8 @@ def _qwen35_tensors(config: dict[str, Any]) -> Iterator[Tensor]:
     yield "model.visual.patch_embed.proj.bias", "BF16", (tower,)
     yield "model.visual.pos_embed.weight", "BF16", (vision["num_position_embeddings"], tower)
     for b in range(vision["depth"]):
-        p = f"model.visual.blocks.{b}."
-        for norm in ("norm1", "norm2"):
-            yield p + f"{norm}.weight", "BF16", (tower,)
-            yield p + f"{norm}.bias", "BF16", (tower,)
-        yield p + "attn.qkv.weight", "BF16", (3 * tower, tower)
-        yield p + "attn.qkv.bias", "BF16", (3 * tower,)
-        yield p + "attn.proj.weight", "BF16", (tower, tower)
-        yield p + "attn.proj.bias", "BF16", (tower,)
-        yield p + "mlp.linear_fc1.weight", "BF16", (inner, tower)
-        yield p + "mlp.linear_fc1.bias", "BF16", (inner,)
-        yield p + "mlp.linear_fc2.weight", "BF16", (tower, inner)
-        yield p + "mlp.linear_fc2.bias", "BF16", (tower,)
+        names = ("norm1", "norm2", "attn.qkv", "attn.proj", "mlp.linear_fc1", "mlp.linear_fc2")
+        yield from _vision_block(f"model.visual.blocks.{b}.", names, tower, inner)
     merged = tower * vision["spatial_merge_size"] ** 2
     yield "model.visual.merger.norm.weight", "BF16", (tower,)
     yield "model.visual.merger.norm.bias", "BF16", (tower,)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import run_cli
+from fake_backend import RecordingProgress
 from test_build import PROFILES, assert_same_bundles, tiny_two_profiles
 
 from edgeport.build import BuildFile, DeviceInventory, ModelEntry, build_exit_code, run_build
@@ -22,22 +23,6 @@ from edgeport.catalog import load_catalog
 from edgeport.errors import BadInputError, UnsupportedError
 
 INSTALL = 'pip install -c constraints.txt -e ".[ray]"'
-
-
-class Lines:
-    """A Progress that keeps what it was told."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def stage(self, message: str) -> None:
-        self.lines.append(message)
-
-    def info(self, message: str) -> None:
-        self.lines.append(message)
-
-    def candidate(self, index: int, total: int, name: str) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +63,7 @@ def test_a_ray_build_ships_the_local_build_bundles(
         return pipeline_convert(request, progress)
 
     local, _ = _quietly(tiny_two_profiles(tiny_bert, tmp_path / "local"))
-    progress = Lines()
+    progress = RecordingProgress()
     build = tiny_two_profiles(tiny_bert, tmp_path / "ray")
     records, index = _quietly(build, ray=RayCluster(), progress=progress, convert=noting_the_cache)
     assert [r["exit_code"] for r in records] == [0, 0], records

@@ -15,6 +15,7 @@ from fake_backend import (
     TARGET,
     FakeBackend,
     FakeFamily,
+    RecordingProgress,
     Scripted,
     measure_in_process,
 )
@@ -45,20 +46,6 @@ MODEL = ModelInfo(
     files=[],
 )
 SCHEMES = {"fp32": "none", "int8": "int8-dynamic", "int4": "int4-weight"}
-
-
-class RecordingProgress:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def stage(self, message: str) -> None:
-        self.lines.append(message)
-
-    def info(self, message: str) -> None:
-        self.lines.append(message)
-
-    def candidate(self, index: int, total: int, name: str) -> None:
-        self.lines.append(f"candidate {index}/{total} {name}")
 
 
 class TickingClock:
