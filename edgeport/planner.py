@@ -111,6 +111,8 @@ def estimate_memory_mb(
 ) -> float:
     fp32_weights_mb = model.parameter_count * 4 / MIB
     weights = fp32_weights_mb * recipe.expect.size_factor
+    if family_of(model).decodes:
+        weights *= target.decoder_weight_copies
     return weights + estimate_activation_mb(model, profile, target) + target.runtime_overhead_mb
 
 

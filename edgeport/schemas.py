@@ -230,6 +230,14 @@ class Target(StrictModel):
         description="Bytes per element of the KV cache the runtime keeps by default (fp32: "
         "4; llama.cpp's f16 cache: 2): the planner's memory estimate for language models.",
     )
+    decoder_weight_copies: int = Field(
+        default=1,
+        ge=1,
+        le=4,
+        description="Compiled copies of a language model's weights the runner holds while "
+        "it generates (OpenVINO: 2, the prompt's graph and a one-token graph for the "
+        "generated tokens): the planner's memory estimate for language models.",
+    )
     backend: str = Field(
         pattern=BACKEND_PATTERN,
         max_length=200,

@@ -45,7 +45,7 @@ With `--bundle RECIPE@PROFILE` (repeatable) it instead converts the model once p
 
 Without `--bundle` the pairs are every target's 4-bit bundle beside ONNX Runtime's fp32:
 onnx-int4-weight, openvino-int4-weight and, when llama-cpp-python is installed,
-gguf-q4_k_m.
+gguf-iq4_xs (the GGUF the search ships for raspberry-pi-5).
 
 `--smollm2-shape` builds a randomly initialised model of SmolLM2-135M's shape (Llama, 30
 layers, hidden 576, tied embeddings, vocabulary 49152) in the work folder: speed depends
@@ -76,8 +76,12 @@ DEFAULT_BUNDLES = [
     "onnx-int4-weight@raspberry-pi-5",
     "openvino-int4-weight@intel-n100",
 ]
-# Every target's 4-bit bundle: llama.cpp's too, when llama-cpp-python is installed.
-LLAMA_CPP_BUNDLE = "gguf-q4_k_m@raspberry-pi-5"
+# Every target's 4-bit bundle: llama.cpp's too, when llama-cpp-python is installed. IQ4_XS
+# is the GGUF edgeport's search ships for raspberry-pi-5 (tiny-llama-pydoc); Q4_K_M is not a
+# 4-bit file on SmolLM2's shape: its 256-value K-quant blocks do not fit 576-wide rows, so
+# llama.cpp (and edgeport) store most matrices as Q5_0 instead (`--bundle
+# gguf-q4_k_m@raspberry-pi-5` measures it).
+LLAMA_CPP_BUNDLE = "gguf-iq4_xs@raspberry-pi-5"
 PROMPT = "The with statement is used to"
 SMOLLM2_135M = {  # HuggingFaceTB/SmolLM2-135M's config.json, shapes only
     "vocab_size": 49152,

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -253,17 +254,31 @@ def test_other_decoder_architectures_export(model_type: str, tmp_path: Path) -> 
 # ----------------------------------------------------------------- OpenVINO
 
 
-@pytest.mark.openvino
-def test_openvino_stateful_export_and_int4_with_gptq(tiny_llama: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def openvino_export(
+    tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ModelInfo, ExportedModel]:
     pytest.importorskip("openvino")
+    from edgeport.backends.openvino import OpenVinoBackend
+
+    info = _info(tiny_llama)
+    exported = OpenVinoBackend().export(
+        info, tmp_path_factory.mktemp("ov-llm"), trust_remote_code=False
+    )
+    return info, exported
+
+
+@pytest.mark.openvino
+def test_openvino_stateful_export_and_int4_with_gptq(
+    openvino_export: tuple[ModelInfo, ExportedModel],
+) -> None:
     import openvino as ov
 
     from edgeport.backends.openvino import OpenVinoBackend
     from edgeport.backends.openvino_decoder import calibration_items
 
-    info = _info(tiny_llama)
+    info, exported = openvino_export
     backend = OpenVinoBackend()
-    exported = backend.export(info, tmp_path, trust_remote_code=False)
     assert "beam_idx" in exported.input_names
     assert (exported.directory / "openvino_detokenizer.xml").is_file()
     session = backend.load(_artifact(exported), "CPU", 1)
@@ -292,6 +307,78 @@ def test_openvino_stateful_export_and_int4_with_gptq(tiny_llama: Path, tmp_path:
         and int(np.prod(list(op.get_output_shape(0)))) >= 64 * 64
     ]
     assert not big_fp32, "every weight is compressed (second int8 pass)"
+
+
+def _matmuls(model: Any) -> int:
+    return sum(op.get_type_name() == "MatMul" for op in model.get_ordered_ops())
+
+
+@pytest.mark.openvino
+def test_openvino_sibling_projections_merge_without_changing_the_logits(
+    openvino_export: tuple[ModelInfo, ExportedModel],
+) -> None:
+    import openvino as ov
+
+    from edgeport.backends.openvino_ir import fuse_sibling_projections
+    from edgeport.runners import ondevice
+
+    info, exported = openvino_export
+    path = str(exported.directory / exported.model_file)
+    merged_ir = ov.Core().read_model(path)
+    before = _matmuls(merged_ir)
+    layers = info.dims.num_layers or 0
+    assert fuse_sibling_projections(merged_ir) == 2 * layers  # q+k+v and gate+up per layer
+    assert _matmuls(merged_ir) == before - 3 * layers
+    names = [op.get_friendly_name() for op in merged_ir.get_ordered_ops()]
+    assert any("layers.0.self_attn.k_proj+q_proj+v_proj/" in name for name in names)
+
+    window = np.arange(5, 37, dtype=np.int64)[None]
+    logits = []
+    for graph in (ov.Core().read_model(path), merged_ir):
+        lm = ondevice.OpenVinoLanguageModel(graph, "CPU", ondevice.openvino_config("CPU", 1))
+        lm.request.infer(lm.feeds(window, 0))
+        logits.append(np.array(lm.request.get_tensor("logits").data))
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-4)
+
+
+@pytest.mark.openvino
+def test_openvino_decodes_generated_tokens_on_a_one_token_graph(
+    openvino_export: tuple[ModelInfo, ExportedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeport.runners import ondevice
+
+    info, exported = openvino_export
+    path = exported.directory / exported.model_file
+    config = ondevice.openvino_config("CPU", 1)
+    prompt = [10, 20, 30, 40, 50]
+    expected = ReferenceModel(info, trust_remote_code=False).generate(prompt, 12)
+
+    lm = ondevice.OpenVinoLanguageModel(path, "CPU", config)
+    step = lm.one_token_request()
+    assert step is not lm.request
+    ids = next(port for port in step.model_inputs if port.get_any_name() == "input_ids")
+    assert ids.get_partial_shape().is_static and list(ids.get_shape()) == [1, 1]
+    tokens = lm.tokens(prompt)
+    assert [next(tokens) for _ in range(12)] == expected
+    # A second sequence starts from an empty cache on both graphs.
+    assert list(ondevice.greedy_tokens(lm.tokens(prompt), 12, stop=())) == expected
+    assert list(ondevice.greedy_tokens(lm.tokens(prompt), 12, stop={expected[3]})) == (expected[:4])
+
+    # A graph that cannot be reshaped to one token decodes on the prompt's graph.
+    monkeypatch.setattr(ondevice, "ONE_TOKEN_SHAPES", {"input_ids": "not a shape"})
+    fallback = ondevice.OpenVinoLanguageModel(path, "CPU", config)
+    assert fallback.one_token_request() is fallback.request
+    assert list(ondevice.greedy_tokens(fallback.tokens(prompt), 12, stop=())) == expected
+
+
+def test_bundle_threads_never_exceed_the_cpus_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeport.runners import ondevice
+
+    monkeypatch.setattr(ondevice, "available_cpus", lambda: 2)
+    assert ondevice.spec_threads({"threads": 4}, None) == 2  # a 4-core profile on 2 cores
+    assert ondevice.spec_threads({"threads": 1}, None) == 1
+    assert ondevice.spec_threads({"threads": 4}, 8) == 8  # the user's --threads stands
+    assert ondevice.spec_threads({}, None) == 0  # the runtime's own choice
 
 
 # ----------------------------------------------------------------- end to end

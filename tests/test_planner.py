@@ -239,3 +239,20 @@ def test_the_kv_cache_is_counted_at_the_targets_element_size() -> None:
     # gguf-q8_0 and onnx-int8-weight expect the same weight size (0.27 of fp32).
     difference = memory["onnx-int8-weight"] - memory["gguf-q8_0"]
     assert abs(difference - (fp32_cache - f16_cache + overheads)) < 1e-6
+
+
+def test_openvino_language_models_count_their_weights_twice() -> None:
+    """OpenVINO's runner holds a second compile of a language model for generated tokens
+    (one-token shapes), with its own weights: the memory estimate says so; encoders don't."""
+    lm = SMOLLM2_SHAPE
+    result = _plan("intel-n100", lm)
+    memory = {c.recipe.id: c.estimated_memory_mb for c in result.candidates}
+    weights = lm.parameter_count * 4 / (1024 * 1024) * 0.27  # both int8-weight recipes
+    overheads = (
+        CATALOG.targets["openvino"].runtime_overhead_mb
+        - CATALOG.targets["onnxruntime"].runtime_overhead_mb
+    )
+    difference = memory["openvino-int8-weight"] - memory["onnx-int8-weight"]
+    assert abs(difference - (weights + overheads)) < 0.1  # rounded to 0.1 MB
+    encoder = {c.recipe.id: c.estimated_memory_mb for c in _plan("intel-n100").candidates}
+    assert abs(encoder["openvino-fp32"] - encoder["onnx-fp32"] - overheads) < 0.1

@@ -20,6 +20,7 @@ as one GroupQueryAttention node (`fuse_attention`), checked against the unfused 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ import numpy as np
 
 from edgeport.backends.weight_only import choose_group_size, compile_patterns, matches_any
 from edgeport.errors import UnsupportedError
+from edgeport.runners import ondevice
 
 if TYPE_CHECKING:
     from edgeport.schemas import Quantization
@@ -106,44 +108,10 @@ class OnnxDecoderSession:
         return {"logits": logits}
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
-        """Greedy decoding with the cache kept in ONNX Runtime's own buffers (IO binding).
-
-        Each step's `present.*` OrtValues are bound as the next step's `past_key_values.*`
-        as they are: the cache never passes through numpy. Only the last row of logits is
-        read back. The bundle's run.py decodes the same way.
-        """
-        import onnxruntime as ort
-
-        binding = self._session.io_binding()
-        past: dict[str, Any] = {
-            name: ort.OrtValue.ortvalue_from_numpy(value)
-            for name, value in self.empty_past(1).items()
-        }
-        presents = {name: name.replace(PAST_PREFIX, PRESENT_PREFIX, 1) for name in past}
-        ids = np.array([list(prompt_ids)], dtype=np.int64)
-        length = 0
-        generated: list[int] = []
-        for _ in range(max_new_tokens):
-            total = length + ids.shape[1]
-            feeds = {"input_ids": ids}
-            if "attention_mask" in self.input_names:
-                feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
-            if "position_ids" in self.input_names:
-                feeds["position_ids"] = np.arange(length, total, dtype=np.int64)[None]
-            for name, array in feeds.items():
-                binding.bind_cpu_input(name, array)
-            for name, value in past.items():
-                binding.bind_ortvalue_input(name, value)
-            for name in self._outputs:
-                binding.bind_output(name, "cpu")
-            self._session.run_with_iobinding(binding)
-            results = dict(zip(self._outputs, binding.get_outputs(), strict=True))
-            past = {name: results[present] for name, present in presents.items()}
-            length = total
-            token = int(results["logits"].numpy()[0, -1].argmax())
-            generated.append(token)
-            ids = np.array([[token]], dtype=np.int64)
-        return generated
+        """Greedy decoding exactly as the bundle's run.py does it
+        (ondevice.onnxruntime_greedy_tokens: the cache stays in ONNX Runtime's buffers)."""
+        tokens = ondevice.onnxruntime_greedy_tokens(self._session, prompt_ids)
+        return list(itertools.islice(tokens, max_new_tokens))
 
 
 # --------------------------------------------------------------------------- weight-only

@@ -24,7 +24,7 @@ from edgeport.backends.openvino_decoder import (
     calibration_items,
     is_stateful_decoder,
 )
-from edgeport.backends.openvino_ir import save_ir
+from edgeport.backends.openvino_ir import fuse_sibling_projections, save_ir
 from edgeport.backends.openvino_padding import remove_padding
 from edgeport.backends.padding import EXACT, QUANTISED, Agreement, remove_padding_checked
 from edgeport.backends.weight_only import MIN_GROUP_SIZE, choose_group_size, search_patterns
@@ -355,6 +355,11 @@ class OpenVinoBackend:
         out.mkdir(parents=True, exist_ok=True)
         model_file, weights_file = exported.model_file, _weights_file(exported.model_file)
         ir = _core().read_model(str(exported.directory / exported.model_file))
+        if is_stateful_decoder(ir):
+            # Before compression, so each merged MatMul is compressed as one.
+            merged = fuse_sibling_projections(ir)
+            if merged:
+                notes.append(f"{merged} groups of projections reading one input merged")
         family = family_of(model)
         unpad = candidate.recipe.graph.remove_padding and family.pads_tokens
         if unpad and device_is_accelerator(candidate.device):

@@ -7,10 +7,13 @@ position_ids and beam_idx. The state must be reset before every new sequence.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from edgeport.runners import ondevice
 
 if TYPE_CHECKING:
     from edgeport.backends import Feeds
@@ -52,40 +55,24 @@ def calibration_items(model: Any, calibration: Sequence[Feeds]) -> list[dict[str
 
 
 class OpenVinoDecoderSession:
-    """`run` scores a full window (fresh state); `generate` decodes greedily via the state."""
+    """`run` scores a full window (fresh state); `generate` decodes greedily as run.py does
+    (ondevice.OpenVinoLanguageModel: the prompt's graph, then a one-token graph)."""
 
     def __init__(self, model: Any, config: Mapping[str, Any]) -> None:
-        import openvino as ov
-
-        self._compiled = ov.Core().compile_model(model, "CPU", dict(config))
-        self.input_names = _names(self._compiled.inputs)
+        self._model = ondevice.OpenVinoLanguageModel(model, "CPU", config)
+        self._model.warm_up()  # as run.py does: timings here then match the bundle's
+        self.input_names = tuple(self._model.input_names)
         self.output_names = ("logits",)
-        self._request = self._compiled.create_infer_request()
-
-    def _infer(self, input_ids: np.ndarray, mask: np.ndarray, past: int) -> np.ndarray:
-        self._request.infer(decoder_feeds(self.input_names, input_ids, mask, past))
-        return np.array(self._request.get_tensor("logits").data, copy=True)
+        self._request = self._model.request
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.asarray(feeds["input_ids"], dtype=np.int64)
         mask = np.asarray(feeds.get("attention_mask", np.ones_like(ids)), dtype=np.int64)
         self._request.reset_state()
-        return {"logits": self._infer(ids, mask, 0)}
+        # Shared, as `generate` feeds it: a request whose inputs were numpy views cannot
+        # copy a longer window into them.
+        self._request.infer(decoder_feeds(self.input_names, ids, mask, 0), share_inputs=True)
+        return {"logits": np.array(self._request.get_tensor("logits").data, copy=True)}
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
-        """Greedy decoding: the KV cache stays in the request's state, and only the last row
-        of logits is read, in place (no per-step copy of inputs or outputs)."""
-        self._request.reset_state()
-        ids = np.array([list(prompt_ids)], dtype=np.int64)
-        mask = np.ones_like(ids)
-        past = 0
-        generated: list[int] = []
-        for _ in range(max_new_tokens):
-            feeds = decoder_feeds(self.input_names, ids, mask, past)
-            self._request.infer(feeds, share_inputs=True, share_outputs=True)
-            past = mask.shape[1]
-            token = int(self._request.get_tensor("logits").data[0, -1].argmax())
-            generated.append(token)
-            ids = np.array([[token]], dtype=np.int64)
-            mask = np.ones((1, past + 1), dtype=np.int64)
-        return generated
+        return list(itertools.islice(self._model.tokens(prompt_ids), max_new_tokens))

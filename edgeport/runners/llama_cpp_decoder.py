@@ -38,7 +38,7 @@ class Decoder:
         try:
             self.model = ondevice.llama_cpp_model(
                 HERE / spec["model_file"],
-                threads or int(spec.get("threads") or 0),
+                ondevice.spec_threads(spec, threads),
                 context,
                 all_logits=False,
             )

@@ -38,7 +38,7 @@ def make_tokenizer(spec: dict[str, Any]) -> Tokenizer:
 
 def make_session(spec: dict[str, Any], threads: int | None) -> ort.InferenceSession:
     return ondevice.onnxruntime_session(
-        HERE / spec["model_file"], threads or spec["threads"], spec.get("providers") or ()
+        HERE / spec["model_file"], ondevice.spec_threads(spec, threads), spec.get("providers") or ()
     )
 
 

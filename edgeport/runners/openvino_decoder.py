@@ -67,35 +67,21 @@ def make_text_codec() -> tuple[Callable[[str], list[int]], Callable[[list[int]],
 
 class Decoder:
     def __init__(self, spec: dict[str, Any], device: str | None, threads: int | None) -> None:
-        compiled, self.device = ondevice.openvino_compiled(
-            HERE / spec["model_file"],
-            threads or spec["threads"],
-            [device] if device else spec.get("providers") or [spec["device"]],
+        core = ov.Core()
+        self.device = ondevice.openvino_device(
+            core, [device] if device else spec.get("providers") or [spec["device"]]
         )
-        self.inputs = [port.get_any_name() for port in compiled.inputs]
-        self.request = compiled.create_infer_request()
+        # The prompt through the exported graph, each new token through a one-token compile
+        # of it (ondevice.OpenVinoLanguageModel says why).
+        self.model = ondevice.OpenVinoLanguageModel(
+            HERE / spec["model_file"],
+            self.device,
+            ondevice.openvino_config(self.device, ondevice.spec_threads(spec, threads)),
+        )
+        self.model.warm_up()
 
     def generate(self, prompt: list[int], max_new_tokens: int, stop: set[int]) -> Iterator[int]:
-        self.request.reset_state()
-        ids = np.array([prompt], dtype=np.int64)
-        length = 0
-        for _ in range(max_new_tokens):
-            total = length + ids.shape[1]
-            feeds = {"input_ids": ids}
-            if "attention_mask" in self.inputs:
-                feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
-            if "position_ids" in self.inputs:
-                feeds["position_ids"] = np.arange(length, total, dtype=np.int64)[None]
-            if "beam_idx" in self.inputs:
-                feeds["beam_idx"] = np.zeros(1, dtype=np.int32)
-            # The KV cache is the request's state; inputs are read and logits left in place.
-            self.request.infer(feeds, share_inputs=True, share_outputs=True)
-            length = total
-            token = int(self.request.get_tensor("logits").data[0, -1].argmax())
-            yield token
-            if token in stop:
-                return
-            ids = np.array([[token]], dtype=np.int64)
+        yield from ondevice.greedy_tokens(self.model.tokens(prompt), max_new_tokens, stop)
 
 
 def main() -> int:

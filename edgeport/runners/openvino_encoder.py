@@ -71,7 +71,7 @@ def make_model(spec: dict[str, Any], device: str | None, threads: int | None) ->
     """(compiled model, device): `device`, else the manifest's first one this machine has."""
     compiled: tuple[Any, str] = ondevice.openvino_compiled(
         HERE / spec["model_file"],
-        threads or spec["threads"],
+        ondevice.spec_threads(spec, threads),
         [device] if device else spec.get("providers") or [spec["device"]],
     )
     return compiled
