@@ -49,10 +49,13 @@ gguf-iq4_xs (the GGUF the search ships for raspberry-pi-5).
 
 `--smollm2-shape` builds a randomly initialised model of SmolLM2-135M's shape (Llama, 30
 layers, hidden 576, tied embeddings, vocabulary 49152) in the work folder: speed depends
-on shapes, not on trained weights, and no download is needed. It prints prefill and decode
-tokens/s, time to first token, peak resident memory of the run.py process and model size
-per bundle, each also as a ratio against the first bundle (ONNX Runtime fp32), plus this
-host's CPU and ISA flags: a speed measured here says nothing about another CPU.
+on shapes, not on trained weights, and no download is needed. Accuracy does depend on
+them, so the same run then converts the trained tiny-llama-pydoc with each 4-bit pair,
+gated as a user would (no --accept-degraded), and prints the verdicts and metrics.
+It prints prefill and decode tokens/s, time to first token, peak resident memory of the
+run.py process and model size per bundle, each also as a ratio against the first bundle
+(ONNX Runtime fp32), plus this host's CPU and ISA flags: a speed measured here says
+nothing about another CPU.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ DEFAULT_BUNDLES = [
 # gguf-q4_k_m@raspberry-pi-5` measures it).
 LLAMA_CPP_BUNDLE = "gguf-iq4_xs@raspberry-pi-5"
 PROMPT = "The with statement is used to"
+TINY_AGREEMENT = 0.95  # what the trained tiny model's 4-bit bundles must keep (issue 17)
 SMOLLM2_135M = {  # HuggingFaceTB/SmolLM2-135M's config.json, shapes only
     "vocab_size": 49152,
     "hidden_size": 576,
@@ -410,6 +414,52 @@ def convert_bundle(model: Path, pair: str, out: Path) -> Bundle:
     return Bundle(pair, out, manifest)
 
 
+def tiny_gates(pairs: Sequence[str], work: Path) -> list[dict[str, Any]]:
+    """The same 4-bit recipes on the trained tiny model, gated as a user converts it (no
+    --accept-degraded): speed on random weights says nothing about accuracy, this does."""
+    rows = []
+    for pair in pairs:
+        recipe, _, profile = pair.partition("@")
+        if recipe.endswith("fp32"):
+            continue
+        out = work / f"tiny--{pair.replace('@', '--')}"
+        if not (out / "manifest.json").is_file():
+            subprocess.run(
+                [sys.executable, "-m", "edgeport", "convert", str(DEFAULT_MODEL), "--profile",
+                 profile, "--recipe", recipe, "--out", str(out), "--force"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+            )  # fmt: skip
+        manifest_path = out / "manifest.json"
+        manifest = json.loads(manifest_path.read_text("utf-8")) if manifest_path.is_file() else {}
+        metrics = manifest.get("metrics", {})
+        rows.append(
+            {
+                "label": pair,
+                "verdict": manifest.get("verdict", "failed (no bundle written)"),
+                "next_token_agreement": metrics.get("next_token_agreement"),
+                "perplexity_increase": metrics.get("perplexity_increase"),
+            }
+        )
+    return rows
+
+
+def print_tiny_gates(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"accuracy gates on the trained {DEFAULT_MODEL.name} "
+        "(edgeport convert, no --accept-degraded):"
+    )
+    for row in rows:
+        agreement, perplexity = row["next_token_agreement"], row["perplexity_increase"]
+        numbers = (
+            f"next-token agreement {agreement:.3f} "
+            f"({'at least' if agreement >= TINY_AGREEMENT else 'below'} {TINY_AGREEMENT}), "
+            f"perplexity {perplexity:+.2%}"
+            if agreement is not None and perplexity is not None
+            else "no metrics"
+        )
+        print(f"  {row['label']:38} {row['verdict']}: {numbers}")
+
+
 # A small launcher between this (large) process and run.py: a forked child starts with
 # its parent's resident set, and Linux keeps ru_maxrss across exec, so run.py's own peak is
 # only visible from a parent that is small itself.
@@ -548,9 +598,12 @@ def bundles_main(args: argparse.Namespace) -> int:
                 pairs = [*pairs, LLAMA_CPP_BUNDLE]
         bundles = [convert_bundle(model, pair, work / pair.replace("@", "--")) for pair in pairs]
         rows = measure_bundles(bundles, args.prompt, args.max_new_tokens, args.threads, args.rounds)
+        gates = tiny_gates(pairs, work) if args.smollm2_shape else []
     print(f"host: {host_cpu()}; {args.threads} threads")
     print(f"model: {'SmolLM2-135M shape, random weights' if args.smollm2_shape else args.model}")
     print_bundle_table(rows)
+    if gates:
+        print_tiny_gates(gates)
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0

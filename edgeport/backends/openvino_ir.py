@@ -78,7 +78,7 @@ def fuse_sibling_projections(model: Any) -> int:
         group = sorted(unordered, key=lambda op: op.get_friendly_name())
         weights = [op.input(1).get_source_output().get_node() for op in group]
         kinds = {(w.get_element_type(), w.get_output_shape(0)[1]) for w in weights}
-        if len(group) < 2 or len(kinds) != 1:
+        if len(group) < 2 or len(kinds) != 1 or any(_initialises_state(op) for op in group):
             continue
         name = _joined_name([op.get_friendly_name() for op in group])
         concatenated = ops.constant(np.concatenate([w.get_data() for w in weights], axis=0))
@@ -94,6 +94,24 @@ def fuse_sibling_projections(model: Any) -> int:
     if merged:
         model.validate_nodes_and_infer_types()
     return merged
+
+
+def _initialises_state(op: Any, depth: int = 8) -> bool:
+    """Whether `op`'s output reaches a ReadValue (a state's initial value: an encoder-decoder's
+    cross-attention keys and values). OpenVINO's CPU plugin moves such initialisers into a
+    subgraph of single-output nodes, which a VariadicSplit is not, so those stay apart."""
+    frontier = [op]
+    for _ in range(depth):
+        reached = {
+            id(target.get_node()): target.get_node()
+            for node in frontier
+            for output in node.outputs()
+            for target in output.get_target_inputs()
+        }
+        frontier = list(reached.values())
+        if any(node.get_type_name() == "ReadValue" for node in frontier):
+            return True
+    return False
 
 
 def _joined_name(names: list[str]) -> str:
