@@ -44,9 +44,8 @@ With `--bundle RECIPE@PROFILE` (repeatable) it instead converts the model once p
         --bundle onnx-int4-weight@raspberry-pi-5 --bundle openvino-int4-weight@intel-n100
 
 Without `--bundle` the pairs are every target's 4-bit bundle beside ONNX Runtime's fp32:
-onnx-int4-weight, openvino-int4-weight-channel and openvino-int4-weight (OpenVINO's two)
-and, when llama-cpp-python is installed, gguf-iq4_xs (the GGUF the search ships for
-raspberry-pi-5).
+onnx-int4-weight, openvino-int4-weight and, when llama-cpp-python is installed,
+gguf-iq4_xs (the GGUF the search ships for raspberry-pi-5).
 
 `--smollm2-shape` builds a randomly initialised model of SmolLM2-135M's shape (Llama, 30
 layers, hidden 576, tied embeddings, vocabulary 49152) in the work folder: speed depends
@@ -78,10 +77,6 @@ DEFAULT_MODEL = REPO.parent / "shared" / "models" / "tiny-llama-pydoc"
 DEFAULT_BUNDLES = [
     "onnx-fp32@raspberry-pi-5",
     "onnx-int4-weight@raspberry-pi-5",
-    # OpenVINO's two 4-bit recipes: per-channel scales is what the search picks among
-    # OpenVINO's candidates for tiny-llama-pydoc (smaller, and it passes the gate); the
-    # grouped one is its fallback where per-channel loses too much.
-    "openvino-int4-weight-channel@intel-n100",
     "openvino-int4-weight@intel-n100",
 ]
 # Every target's 4-bit bundle: llama.cpp's too, when llama-cpp-python is installed. IQ4_XS
@@ -578,20 +573,15 @@ def print_bundle_table(rows: list[dict[str, Any]]) -> None:
                     f"speed (rounds: {int4['speedup_runs']}), {int4['bytes'] / fp32['bytes']:.3f} "
                     "of its size"
                 )
-    ort4 = by_recipe.get("onnx-int4-weight")
-    for ov4 in (
-        by_recipe.get("openvino-int4-weight-channel"),
-        by_recipe.get("openvino-int4-weight"),
-    ):
-        if ort4 and ov4:
-            rounds = [
-                a / b
-                for a, b in zip(ort4["tokens_per_s_runs"], ov4["tokens_per_s_runs"], strict=True)
-            ]
-            print(
-                f"onnx-int4-weight decodes at {statistics.median(rounds):.2f}x "
-                f"{ov4['recipe']}'s speed (rounds: {[round(x, 2) for x in rounds]})"
-            )
+    ort4, ov4 = by_recipe.get("onnx-int4-weight"), by_recipe.get("openvino-int4-weight")
+    if ort4 and ov4:
+        rounds = [
+            a / b for a, b in zip(ort4["tokens_per_s_runs"], ov4["tokens_per_s_runs"], strict=True)
+        ]
+        print(
+            f"onnx-int4-weight decodes at {statistics.median(rounds):.2f}x "
+            f"openvino-int4-weight's speed (rounds: {[round(x, 2) for x in rounds]})"
+        )
 
 
 def bundles_main(args: argparse.Namespace) -> int:
