@@ -38,7 +38,6 @@ PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
 DEFAULT_INT4_BLOCK = 128
 DEFAULT_INT8_BLOCK = 256
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def has_kv_cache(input_names: Sequence[str]) -> bool:
@@ -81,7 +80,7 @@ class OnnxDecoderSession:
                 _, heads, _, head_dim = item.shape
                 if not isinstance(heads, int) or not isinstance(head_dim, int):
                     raise UnsupportedError(f"{item.name}: KV heads and head size must be static")
-                self._past.append((item.name, heads, head_dim, _DTYPES.get(item.type, np.float32)))
+                self._past.append((item.name, heads, head_dim, ondevice.onnx_dtype(item.type)))
 
     def empty_past(self, batch: int) -> dict[str, np.ndarray]:
         return {

@@ -27,20 +27,6 @@ def is_stateful_decoder(model: Any) -> bool:
     return "beam_idx" in _names(model.inputs) or bool(model.get_variables())
 
 
-def decoder_feeds(
-    input_names: Sequence[str], input_ids: np.ndarray, mask: np.ndarray, past: int
-) -> dict[str, np.ndarray]:
-    feeds = {"input_ids": input_ids}
-    if "attention_mask" in input_names:
-        feeds["attention_mask"] = mask
-    if "position_ids" in input_names:
-        cumulative = np.clip(np.cumsum(mask, axis=-1) - 1, 0, None)
-        feeds["position_ids"] = np.asarray(cumulative[:, past:], dtype=np.int64)
-    if "beam_idx" in input_names:
-        feeds["beam_idx"] = np.arange(input_ids.shape[0], dtype=np.int32)
-    return feeds
-
-
 def calibration_items(model: Any, calibration: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
     """Full-window calibration inputs for NNCF (it resets the state before each item)."""
     names = _names(model.inputs)
@@ -50,7 +36,7 @@ def calibration_items(model: Any, calibration: Sequence[Feeds]) -> list[dict[str
             continue
         ids = np.asarray(feeds["input_ids"], dtype=np.int64)
         mask = np.asarray(feeds.get("attention_mask", np.ones_like(ids)), dtype=np.int64)
-        items.append(decoder_feeds(names, ids, mask, 0))
+        items.append(ondevice.decoder_feeds(list(names), ids, mask))
     return items
 
 
@@ -71,7 +57,9 @@ class OpenVinoDecoderSession:
         self._request.reset_state()
         # Shared, as `generate` feeds it: a request whose inputs were numpy views cannot
         # copy a longer window into them.
-        self._request.infer(decoder_feeds(self.input_names, ids, mask, 0), share_inputs=True)
+        self._request.infer(
+            ondevice.decoder_feeds(list(self.input_names), ids, mask), share_inputs=True
+        )
         return {"logits": np.array(self._request.get_tensor("logits").data, copy=True)}
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:

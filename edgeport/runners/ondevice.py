@@ -420,7 +420,7 @@ def _onnxruntime(
     input_names = [i.name for i in session.get_inputs()]
     output_names = [o.name for o in session.get_outputs()]
     past = [
-        (i.name, i.shape[1], i.shape[3], np.float16 if "float16" in i.type else np.float32)
+        (i.name, i.shape[1], i.shape[3], onnx_dtype(i.type))
         for i in session.get_inputs()
         if i.name.startswith(PAST_PREFIX)
     ]
@@ -565,7 +565,7 @@ def onnxruntime_greedy_tokens(session: Any, prompt: Sequence[int]) -> Iterator[i
     binding = session.io_binding()
     past = {
         i.name: ort.OrtValue.ortvalue_from_numpy(
-            np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=_onnx_dtype(i.type))
+            np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=onnx_dtype(i.type))
         )
         for i in inputs
         if i.name.startswith(PAST_PREFIX)
@@ -595,7 +595,8 @@ def onnxruntime_greedy_tokens(session: Any, prompt: Sequence[int]) -> Iterator[i
         ids = np.array([[token]], dtype=np.int64)
 
 
-def _onnx_dtype(onnx_type: str) -> Any:
+def onnx_dtype(onnx_type: str) -> Any:
+    """numpy dtype of an ONNX Runtime input type string (fp16 caches, else fp32)."""
     return np.float16 if "float16" in onnx_type else np.float32
 
 
@@ -1794,7 +1795,7 @@ def onnxruntime_seq2seq_decoder(session: Any) -> RunFn:
     input_names = {i.name for i in inputs}
     output_names = [o.name for o in session.get_outputs()]
     past = [
-        (i.name, i.shape[1], i.shape[3], np.float16 if "float16" in i.type else np.float32)
+        (i.name, i.shape[1], i.shape[3], onnx_dtype(i.type))
         for i in inputs
         if i.name.startswith(PAST_PREFIX)
     ]
