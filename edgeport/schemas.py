@@ -351,15 +351,23 @@ class Quantization(StrictModel):
     )
     lm_head_precision: Literal["fp32", "int8", "int4"] = Field(
         default="int8",
-        description="Weight-only (ONNX Runtime): the output projection to the vocabulary. "
-        "A head tied to the token embeddings is quantised once, at this precision, and "
-        "shared with the embedding lookup.",
+        description="Weight-only: the output projection to the vocabulary. ONNX Runtime "
+        "quantises a head tied to the token embeddings once, at this precision, and shares "
+        "it with the embedding lookup; OpenVINO (int4 recipes; int8 is NNCF's backup mode, "
+        "fp32 is not offered) gives an int4 head its own copy and keeps the embeddings int8.",
     )
     lm_head_group_size: PositiveInt | None = Field(
         default=None,
-        description="Weight-only (ONNX Runtime): block size of the output projection (and of "
-        "a tied embedding table); group_size or int8_group_size when omitted. With int8 "
-        "compute (accuracy_level 4) the head's input is quantised in blocks of this size too.",
+        description="Weight-only: block size of the output projection; group_size (or, ONNX "
+        "Runtime's 8-bit heads, int8_group_size) when omitted. ONNX Runtime: a tied embedding "
+        "table shares it, and with int8 compute (accuracy_level 4) the head's input is "
+        "quantised in blocks of this size too.",
+    )
+    lm_head_symmetric: bool | None = Field(
+        default=None,
+        description="Weight-only int4 head: symmetric, or with a zero point per block; as "
+        "the layers (`symmetric`) when omitted. 8-bit heads and ONNX Runtime's tied heads "
+        "are always symmetric.",
     )
     accuracy_level: AccuracyLevel | None = Field(
         default=None,

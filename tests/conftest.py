@@ -129,8 +129,11 @@ def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run_cli
 
 
-def build_tiny_decoder(folder: Path, model_type: str = "llama", seed: int = 0) -> Path:
-    """A random 2-layer decoder-only LM with the real 4096-token tokenizer of tiny-llama-pydoc."""
+def build_tiny_decoder(
+    folder: Path, model_type: str = "llama", seed: int = 0, *, tied: bool = False
+) -> Path:
+    """A random 2-layer decoder-only LM with the real 4096-token tokenizer of tiny-llama-pydoc;
+    `tied`: its lm_head is the token embedding matrix, as in SmolLM2 and Qwen2."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -151,7 +154,7 @@ def build_tiny_decoder(folder: Path, model_type: str = "llama", seed: int = 0) -
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=256,
-            tie_word_embeddings=False,
+            tie_word_embeddings=tied,
             **common,
         )
     torch.manual_seed(seed)

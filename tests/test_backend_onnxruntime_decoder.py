@@ -8,13 +8,12 @@ scripts/benchmark_llm.py only.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TINY_LLAMA
+from conftest import TINY_LLAMA, build_tiny_decoder
 
 from edgeport.backends import ExportedModel
 from edgeport.catalog import load_catalog
@@ -31,33 +30,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def build_tied_decoder(folder: Path, model_type: str, seed: int = 0) -> Path:
-    """A random 2-layer decoder whose lm_head is the token embedding matrix."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy2(TINY_LLAMA / name, folder / name)
-    config = AutoConfig.for_model(
-        model_type,
-        hidden_size=HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        vocab_size=VOCAB,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
-    model.save_pretrained(str(folder))
-    return folder
-
-
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def tied_export(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -65,7 +37,9 @@ def tied_export(
     from edgeport.backends.onnxruntime import OnnxRuntimeBackend
 
     model_type = str(request.param)
-    folder = build_tied_decoder(tmp_path_factory.mktemp(f"tied-{model_type}"), model_type)
+    folder = build_tiny_decoder(
+        tmp_path_factory.mktemp(f"tied-{model_type}"), model_type, tied=True
+    )
     info = inspect_model(resolve(str(folder)))
     exported = OnnxRuntimeBackend().export(
         info, tmp_path_factory.mktemp("export"), trust_remote_code=False
@@ -218,8 +192,6 @@ def test_io_bound_generation_matches_plain_steps(
 
 def test_untied_models_keep_their_int8_embedding_rows(tmp_path: Path) -> None:
     """An untied head is not touched by the sharing code (tiny-llama-pydoc's layout)."""
-    from conftest import build_tiny_decoder
-
     from edgeport.backends.onnxruntime import OnnxRuntimeBackend
 
     folder = build_tiny_decoder(tmp_path / "untied")

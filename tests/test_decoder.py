@@ -292,13 +292,11 @@ def test_openvino_stateful_export_and_int4_with_gptq(
     assert len(calibration_items(ir, calibration)) == 2
     quantization = CATALOG.recipe("openvino-int4-weight").quantize
     compressed, note = backend._compress_int4(ir, quantization, calibration)
-    assert "GPTQ" in note and "kept at int8_asym" in note and "lm_head: int8_asym" in note
-    types = {
-        op.get_element_type().get_type_name()
-        for op in compressed.get_ops()
-        if op.get_type_name() == "Constant"
-    }
-    assert types & {"i4", "u4"} and "u8" in types
+    assert "GPTQ" in note and "kept at int8_asym" in note and "embeddings int8_asym" in note
+    assert "lm_head int4 asym group 32 with GPTQ" in note
+    assert _weight_types(compressed, "lm_head") == {"u4"}  # asymmetric: a zero point per group
+    assert _weight_types(compressed, "embed_tokens") == {"u8"}
+    assert _weight_types(compressed, "mlp.down_proj") == {"i4", "u8"}  # layer 0 stays 8-bit
     big_fp32 = [
         op
         for op in compressed.get_ops()
@@ -307,6 +305,60 @@ def test_openvino_stateful_export_and_int4_with_gptq(
         and int(np.prod(list(op.get_output_shape(0)))) >= 64 * 64
     ]
     assert not big_fp32, "every weight is compressed (second int8 pass)"
+
+
+def _weight_types(model: Any, name: str) -> set[str]:
+    """Element types of the weight constants of the nodes whose names contain `name`."""
+    types = set()
+    for op in model.get_ordered_ops():
+        if name in op.get_friendly_name() and op.get_type_name() in {"MatMul", "Gather"}:
+            frontier = [op.input(op.get_type_name() == "MatMul").get_source_output().get_node()]
+            while frontier:
+                node = frontier.pop()
+                if node.get_type_name() == "Constant" and node.get_output_size() == 1:
+                    kind = node.get_element_type().get_type_name()
+                    types |= {kind} if kind in {"u4", "i4", "u8", "i8", "f32", "f16"} else set()
+                    continue
+                if node.get_type_name() in {"Convert", "Subtract", "Multiply", "Reshape"}:
+                    frontier += [port.get_source_output().get_node() for port in node.inputs()]
+    return {t for t in types if t not in {"f16", "f32"}} or types
+
+
+@pytest.mark.openvino
+def test_openvino_int4_head_of_tied_embeddings_gets_its_own_weights(tmp_path: Path) -> None:
+    """SmolLM2 and Qwen2 tie the output head to the token embeddings. The int4 recipe
+    quantises the head to int4, which decoding reads every token, and keeps the embedding
+    lookup int8: the head gets a copy of the table, and the model still decodes."""
+    import openvino as ov
+
+    from edgeport.backends.openvino import OpenVinoBackend
+    from edgeport.backends.openvino_ir import untie_output_head
+    from edgeport.runners import ondevice
+
+    folder = build_tiny_decoder(tmp_path / "tied", tied=True)
+    info = _info(folder)
+    backend = OpenVinoBackend()
+    exported = backend.export(info, tmp_path / "export", trust_remote_code=False)
+    ir = ov.Core().read_model(str(exported.directory / exported.model_file))
+    tables = [
+        op
+        for op in ir.get_ops()
+        if op.get_type_name() == "Constant" and list(op.get_output_shape(0)) == [4096, 64]
+    ]
+    assert len(tables) == 1, "tied: one table for the embeddings and the head"
+    untied = ir.clone()
+    assert untie_output_head(untied) == ("__module.lm_head/aten::linear/MatMul", True)
+    assert untie_output_head(untied)[1] is False, "a second call finds nothing to untie"
+
+    calibration = [{"input_ids": np.arange(1, 40, dtype=np.int64)[None]}] * 2
+    quantization = CATALOG.recipe("openvino-int4-weight").quantize
+    compressed, note = backend._compress_int4(ir, quantization, calibration)
+    assert "(untied from the embeddings)" in note
+    assert _weight_types(compressed, "lm_head") == {"u4"}
+    assert _weight_types(compressed, "embed_tokens") == {"u8"}
+    model = ondevice.OpenVinoLanguageModel(compressed, "CPU", {"INFERENCE_NUM_THREADS": 1})
+    tokens = model.tokens([10, 20, 30])
+    assert all(0 <= next(tokens) < 4096 for _ in range(5))
 
 
 def _matmuls(model: Any) -> int:

@@ -24,7 +24,7 @@ from edgeport.backends.openvino_decoder import (
     calibration_items,
     is_stateful_decoder,
 )
-from edgeport.backends.openvino_ir import fuse_sibling_projections, save_ir
+from edgeport.backends.openvino_ir import fuse_sibling_projections, save_ir, untie_output_head
 from edgeport.backends.openvino_padding import remove_padding
 from edgeport.backends.padding import EXACT, QUANTISED, Agreement, remove_padding_checked
 from edgeport.backends.weight_only import MIN_GROUP_SIZE, choose_group_size, search_patterns
@@ -551,6 +551,14 @@ class OpenVinoBackend:
         )
         keep = list(quantization.keep_int8_patterns)
         ignored = [*quantization.ignored_patterns, *search_patterns(keep)]
+        # An int4 head (with int8 embeddings) is compressed in a pass of its own, with its
+        # own group size: the first pass leaves it alone, and a tied head first gets
+        # weights of its own (it shares them with the embedding lookup otherwise).
+        head, tied = (
+            untie_output_head(ir)
+            if quantization.lm_head_precision == "int4" and not quantization.all_layers
+            else (None, False)
+        )
         data: dict[str, Any] = {}
         skipped = ""
         if quantization.algorithm == "gptq":
@@ -559,6 +567,10 @@ class OpenVinoBackend:
                 data = {"dataset": nncf.Dataset(items), "subset_size": len(items), "gptq": True}
             else:
                 skipped = "GPTQ skipped (needs calibration texts and a KV-cache decoder); RTN"
+        advanced = AdvancedCompressionParameters(
+            group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
+            min_adjusted_group_size=MIN_GROUP_SIZE,
+        )
         compressed = nncf.compress_weights(
             ir,
             mode=mode,
@@ -566,21 +578,49 @@ class OpenVinoBackend:
             ratio=quantization.ratio if quantization.ratio is not None else 1.0,
             all_layers=quantization.all_layers,
             ignored_scope=(
-                nncf.IgnoredScope(patterns=ignored, validate=False) if ignored else None
+                nncf.IgnoredScope(patterns=ignored, names=[head] if head else [], validate=False)
+                if ignored or head
+                else None
             ),
             backup_mode=nncf.BackupMode.INT8_ASYM,
-            advanced_parameters=AdvancedCompressionParameters(
-                group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
-                min_adjusted_group_size=MIN_GROUP_SIZE,
-            ),
+            advanced_parameters=advanced,
             **data,
         )
         details = [
             f"int4 {'sym' if quantization.symmetric else 'asym'} group {group_size}"
             f"{' with GPTQ on ' + str(data['subset_size']) + ' calibration texts' if data else ''}",
-            "embeddings and lm_head: "
-            + ("int4" if quantization.all_layers else "int8_asym per channel (NNCF backup mode)"),
+            "embeddings and lm_head: int4"
+            if quantization.all_layers
+            else "embeddings int8_asym per channel"
+            if head
+            else "embeddings and lm_head: int8_asym per channel (NNCF backup mode)",
         ]
+        if head:
+            head_group = quantization.lm_head_group_size or group_size
+            symmetric = (
+                quantization.symmetric
+                if quantization.lm_head_symmetric is None
+                else quantization.lm_head_symmetric
+            )
+            # Every other MatMul is compressed by now, or left float for the int8 pass
+            # below by the same patterns, so this pass reaches only the head.
+            compressed = nncf.compress_weights(
+                compressed,
+                mode=nncf.CompressWeightsMode.INT4_SYM
+                if symmetric
+                else nncf.CompressWeightsMode.INT4_ASYM,
+                group_size=head_group,
+                ratio=1.0,
+                all_layers=True,
+                ignored_scope=nncf.IgnoredScope(patterns=ignored, types=["Gather"], validate=False),
+                advanced_parameters=advanced,
+                **data,
+            )
+            details.append(
+                f"lm_head int4 {'sym' if symmetric else 'asym'} group {head_group}"
+                f"{' with GPTQ' if data else ''}"
+                f"{' (untied from the embeddings)' if tied else ''}"
+            )
         if keep:
             # IgnoredScope leaves the matched weights fp32; a second pass makes them int8
             # (weights compressed by the first pass are left alone).

@@ -123,3 +123,57 @@ def _joined_name(names: list[str]) -> str:
         shared += 1
     prefix = "".join(part + "." for part in dotted[0][:shared])
     return prefix + "+".join(head[len(prefix) :] for head in heads) + names[0][len(heads[0]) :]
+
+
+def output_head(model: Any, logits: str = "logits") -> Any | None:
+    """The MatMul that projects onto the vocabulary (a language model's lm_head): the last
+    MatMul with a constant weight on the way back from the `logits` output; None when the
+    model has no such output or no such MatMul."""
+    results = [out for out in model.outputs if logits in out.get_names()]
+    if not results:
+        return None
+    frontier = [results[0].get_node()]
+    seen: set[int] = set()
+    while frontier:
+        node = frontier.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.get_type_name() == "MatMul" and _constant_source(node.input(1)) is not None:
+            return node
+        frontier += [port.get_source_output().get_node() for port in node.inputs()]
+    return None
+
+
+def untie_output_head(model: Any, logits: str = "logits") -> tuple[str | None, bool]:
+    """Give the output head its own copy of its weights, in place, when it shares them with
+    another node (the token embedding, when embeddings are tied), so that the two can be
+    stored at different precisions. Returns the head's name (None when there is no head)
+    and whether it was tied."""
+    import openvino.opset13 as ops
+
+    head = output_head(model, logits)
+    if head is None:
+        return None, False
+    constant = _constant_source(head.input(1))
+    weight = head.input(1).get_source_output()
+    if constant is None or (
+        len(constant.output(0).get_target_inputs()) == 1 and len(weight.get_target_inputs()) == 1
+    ):
+        return str(head.get_friendly_name()), False
+    copy = ops.constant(constant.get_data().copy())
+    copy.set_friendly_name(head.get_friendly_name().split("/")[0] + ".weight")
+    if weight.get_node() is constant:
+        head.input(1).replace_source_output(copy.output(0))
+    else:  # through a Convert (an fp16 table)
+        head.input(1).replace_source_output(ops.convert(copy, weight.get_element_type()).output(0))
+    model.validate_nodes_and_infer_types()
+    return str(head.get_friendly_name()), True
+
+
+def _constant_source(port: Any) -> Any | None:
+    """The Constant behind a weight input, through an optional Convert."""
+    node = port.get_source_output().get_node()
+    if node.get_type_name() == "Convert":
+        node = node.input(0).get_source_output().get_node()
+    return node if node.get_type_name() == "Constant" else None
