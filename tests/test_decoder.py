@@ -325,6 +325,32 @@ def _weight_types(model: Any, name: str) -> set[str]:
 
 
 @pytest.mark.openvino
+def test_output_head_is_the_last_matmul_before_the_logits_and_only_with_constant_weights() -> None:
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from edgeport.backends.openvino_ir import output_head
+
+    def graph(weight_is_constant: bool, output: str) -> Any:
+        x = ops.parameter([1, 8], np.float32)
+        hidden = ops.matmul(x, ops.constant(np.ones((8, 8), np.float32)), False, True)
+        weight = ops.constant(np.ones((16, 8), np.float32))
+        params = [x]
+        if not weight_is_constant:
+            weight = ops.parameter([16, 8], np.float32)
+            params.append(weight)
+        head = ops.matmul(ops.relu(hidden), weight, False, True)
+        head.set_friendly_name("head")
+        head.output(0).get_tensor().set_names({output})
+        return ov.Model([head], params)
+
+    assert output_head(graph(True, "logits")).get_friendly_name() == "head"
+    # A head whose weights are not a constant is not mistaken for the layer before it.
+    assert output_head(graph(False, "logits")) is None
+    assert output_head(graph(True, "last_hidden_state")) is None
+
+
+@pytest.mark.openvino
 def test_openvino_int4_head_of_tied_embeddings_gets_its_own_weights(tmp_path: Path) -> None:
     """SmolLM2 and Qwen2 tie the output head to the token embeddings. The int4 recipe
     quantises the head to int4, which decoding reads every token, and keeps the embedding

@@ -126,21 +126,19 @@ def _joined_name(names: list[str]) -> str:
 
 
 def output_head(model: Any, logits: str = "logits") -> Any | None:
-    """The MatMul that projects onto the vocabulary (a language model's lm_head): the last
-    MatMul with a constant weight on the way back from the `logits` output; None when the
-    model has no such output or no such MatMul."""
+    """The MatMul that projects onto the vocabulary (a language model's lm_head): the first
+    MatMul on the way back from the `logits` output, when its weight is a constant; None
+    when the model has no such output or the head is something else."""
     results = [out for out in model.outputs if logits in out.get_names()]
-    if not results:
-        return None
-    frontier = [results[0].get_node()]
+    frontier = [results[0].get_node()] if results else []
     seen: set[int] = set()
     while frontier:
         node = frontier.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if node.get_type_name() == "MatMul" and _constant_source(node.input(1)) is not None:
-            return node
+        if node.get_type_name() == "MatMul":
+            return node if _constant_source(node.input(1)) is not None else None
         frontier += [port.get_source_output().get_node() for port in node.inputs()]
     return None
 
