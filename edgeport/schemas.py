@@ -464,6 +464,11 @@ class Quantization(StrictModel):
         return self.model_copy(update=update) if update else self
 
     @property
+    def head_symmetric(self) -> bool:
+        """Whether an int4 output head is symmetric: `lm_head_symmetric`, else as the layers."""
+        return self.symmetric if self.lm_head_symmetric is None else self.lm_head_symmetric
+
+    @property
     def precision(self) -> Precision:
         if self.scheme == "gguf":
             return GGUF_PRECISION[self.gguf_type or "F32"]

@@ -735,10 +735,7 @@ def quantize_weight_only(source: Path, quantization: Quantization) -> tuple[Any,
         )
         # Symmetric, as the 8-bit layers: a tied head's blocks then need no zero-point
         # tensor, which MatMulNBits and GatherBlockQuantized would pack differently.
-        asked_symmetric = (
-            symmetric if quantization.lm_head_symmetric is None else quantization.lm_head_symmetric
-        )
-        head_symmetric = asked_symmetric or head_bits == 8 or tied is not None
+        head_symmetric = quantization.head_symmetric or head_bits == 8 or tied is not None
         model = _matmul_nbits(model, [head], head_bits, head_block, head_symmetric, level)
         described = f"{head_bits}-bit MatMulNBits block {head_block}{compute}"
         if tied is None:

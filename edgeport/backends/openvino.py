@@ -597,11 +597,7 @@ class OpenVinoBackend:
         ]
         if head:
             head_group = quantization.lm_head_group_size or group_size
-            symmetric = (
-                quantization.symmetric
-                if quantization.lm_head_symmetric is None
-                else quantization.lm_head_symmetric
-            )
+            symmetric = quantization.head_symmetric
             # Every other MatMul is compressed by now, or left float for the int8 pass
             # below by the same patterns, so this pass reaches only the head.
             compressed = nncf.compress_weights(

@@ -153,11 +153,9 @@ def untie_output_head(model: Any, logits: str = "logits") -> tuple[str | None, b
     head = output_head(model, logits)
     if head is None:
         return None, False
-    constant = _constant_source(head.input(1))
+    constant: Any = _constant_source(head.input(1))  # a Constant: output_head checked it
     weight = head.input(1).get_source_output()
-    if constant is None or (
-        len(constant.output(0).get_target_inputs()) == 1 and len(weight.get_target_inputs()) == 1
-    ):
+    if len(constant.output(0).get_target_inputs()) == 1 == len(weight.get_target_inputs()):
         return str(head.get_friendly_name()), False
     copy = ops.constant(constant.get_data().copy())
     copy.set_friendly_name(head.get_friendly_name().split("/")[0] + ".weight")
